@@ -1,0 +1,118 @@
+/*
+ * bench.c - C-level threaded counter benchmark: this library's per-CPU
+ * counter beside what C code would use instead, with no Python in the loop.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define LINE 128
+
+struct bench {
+    int mode;
+    uint64_t ops;
+    rseq_py_counter *counter;
+    char *percpu;   /* nslots blocks of LINE bytes */
+    uint64_t *shared;
+    pthread_mutex_t mutex;
+    uint64_t locked_word;
+    /* start line */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate;
+    int go;
+};
+
+static void *bench_thread(void *arg)
+{
+    struct bench *b = arg;
+    pthread_mutex_lock(&b->gate_lock);
+    while (!b->go)
+        pthread_cond_wait(&b->gate, &b->gate_lock);
+    pthread_mutex_unlock(&b->gate_lock);
+
+    switch (b->mode) {
+    case RSEQ_PY_BENCH_RSEQ:
+        for (uint64_t i = 0; i < b->ops; i++)
+            rseq_py_counter_add(b->counter, 0, 1);
+        break;
+    case RSEQ_PY_BENCH_PERCPU_ATOMIC:
+        for (uint64_t i = 0; i < b->ops; i++) {
+            uint32_t cpu = (uint32_t)sched_getcpu() % rseq_py_nslots;
+            __atomic_fetch_add((uint64_t *)(b->percpu + (size_t)cpu * LINE), 1, __ATOMIC_RELAXED);
+        }
+        break;
+    case RSEQ_PY_BENCH_SHARED_ATOMIC:
+        for (uint64_t i = 0; i < b->ops; i++)
+            __atomic_fetch_add(b->shared, 1, __ATOMIC_RELAXED);
+        break;
+    case RSEQ_PY_BENCH_MUTEX:
+        for (uint64_t i = 0; i < b->ops; i++) {
+            pthread_mutex_lock(&b->mutex);
+            b->locked_word++;
+            pthread_mutex_unlock(&b->mutex);
+        }
+        break;
+    }
+    return NULL;
+}
+
+int rseq_py_counter_bench(int mode, uint32_t threads, uint64_t ops_per_thread,
+                          double *ns_per_op, double *total_mops)
+{
+    if (mode < RSEQ_PY_BENCH_RSEQ || mode > RSEQ_PY_BENCH_MUTEX || threads == 0 ||
+        threads > 4096 || ops_per_thread == 0)
+        return EINVAL;
+    rseq_py_init(RSEQ_PY_REQUEST_AUTO);
+    struct bench b;
+    memset(&b, 0, sizeof b);
+    b.mode = mode;
+    b.ops = ops_per_thread;
+    pthread_mutex_init(&b.mutex, NULL);
+    pthread_mutex_init(&b.gate_lock, NULL);
+    pthread_cond_init(&b.gate, NULL);
+    b.counter = rseq_py_counter_new(1);
+    b.percpu = aligned_alloc(LINE, (size_t)rseq_py_nslots * LINE);
+    b.shared = aligned_alloc(LINE, LINE);
+    pthread_t *t = calloc(threads, sizeof *t);
+    int err = 0;
+    uint32_t n = 0;
+    if (!b.counter || !b.percpu || !b.shared || !t) {
+        err = ENOMEM;
+        goto out;
+    }
+    memset(b.percpu, 0, (size_t)rseq_py_nslots * LINE);
+    memset(b.shared, 0, LINE);
+    for (; n < threads; n++)
+        if (pthread_create(&t[n], NULL, bench_thread, &b) != 0) {
+            err = EAGAIN;
+            break;
+        }
+    if (err)
+        b.ops = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pthread_mutex_lock(&b.gate_lock);
+    b.go = 1;
+    pthread_cond_broadcast(&b.gate);
+    pthread_mutex_unlock(&b.gate_lock);
+    for (uint32_t i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!err) {
+        double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+        *ns_per_op = ns / (double)ops_per_thread;
+        *total_mops = (double)threads * (double)ops_per_thread / ns * 1e3;
+    }
+out:
+    rseq_py_counter_free(b.counter);
+    free(b.percpu);
+    free(b.shared);
+    free(t);
+    return err;
+}

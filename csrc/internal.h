@@ -1,0 +1,108 @@
+/*
+ * internal.h - what the C files share and the Python binding never sees.
+ */
+#ifndef RSEQ_PY_INTERNAL_H
+#define RSEQ_PY_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rseq_py.h"
+#include "../asm/rseq_abi.h"
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Kernel ABI struct rseq: only the fields we read.  Offsets are checked
+ * against asm/rseq_abi.h at compile time in registration.c. */
+struct rseq_py_area {
+    uint32_t cpu_id_start;
+    uint32_t cpu_id;
+    uint64_t rseq_cs;
+    uint32_t flags;
+    uint32_t node_id;
+    uint32_t mm_cid;
+} __attribute__((aligned(32)));
+
+/* ---- registration.c ---------------------------------------------------- */
+
+enum rseq_py_mode {
+    RSEQ_PY_MODE_UNDECIDED = 0,
+    RSEQ_PY_MODE_FALLBACK,
+    RSEQ_PY_MODE_GLIBC,
+    RSEQ_PY_MODE_SELF
+};
+
+extern HIDDEN int rseq_py_mode;
+extern HIDDEN ptrdiff_t rseq_py_glibc_offset;
+extern HIDDEN __thread struct rseq_py_area *rseq_py_self_area;
+extern HIDDEN uint32_t rseq_py_nslots;
+
+HIDDEN struct rseq_py_area *rseq_py_self_register(void);
+HIDDEN int rseq_py_slow_cpu(const struct rseq_py_area *area);
+
+/* The calling thread's registered area, or NULL on the fallback backend.
+ * A thread whose own registration failed gets an area whose cpu_id is -2,
+ * so the section escapes at once and no extra branch is needed here. */
+static inline struct rseq_py_area *rseq_py_area(void)
+{
+    if (LIKELY(rseq_py_mode == RSEQ_PY_MODE_GLIBC))
+        return (struct rseq_py_area *)((char *)__builtin_thread_pointer() + rseq_py_glibc_offset);
+    if (rseq_py_mode == RSEQ_PY_MODE_SELF) {
+        struct rseq_py_area *a = rseq_py_self_area;
+        return LIKELY(a != NULL) ? a : rseq_py_self_register();
+    }
+    return NULL;
+}
+
+/* ---- statistics (relaxed atomics, bumped on slow paths only) ----------- */
+
+struct rseq_py_counters_internal {
+    uint64_t escapes;
+    uint64_t exhausted;
+    uint64_t slow_path_adds;
+    uint64_t self_registrations;
+    uint64_t self_unregistrations;
+    uint64_t self_registration_failures;
+};
+extern HIDDEN struct rseq_py_counters_internal rseq_py_stat;
+
+#define STAT_INC(field) __atomic_fetch_add(&rseq_py_stat.field, 1, __ATOMIC_RELAXED)
+
+/* ---- assembly (asm/<arch>/percpu_counter.S, asm/CONTRACT.md) ----------- */
+
+typedef int (*rseq_py_percpu_add_fn)(struct rseq_py_area *area, int64_t *slot0,
+                                     uint64_t stride, int64_t delta, uint64_t nslots);
+
+#ifndef RSEQ_PY_NO_ASM
+HIDDEN int rseq_py_percpu_add(struct rseq_py_area *area, int64_t *slot0,
+                              uint64_t stride, int64_t delta, uint64_t nslots);
+HIDDEN int rseq_py_percpu_add_inject(struct rseq_py_area *area, int64_t *slot0,
+                                     uint64_t stride, int64_t delta, uint64_t nslots);
+#endif
+
+/* Set by the stress driver, read by the _inject sections. */
+extern HIDDEN volatile uint64_t rseq_py_inject_loops;
+extern HIDDEN uint64_t rseq_py_inject_aborts;
+
+/* ---- counter.c ---------------------------------------------------------- */
+
+struct rseq_py_counter {
+    /* [cpu][index] at rseq_slots + cpu * stride: written only by sections
+     * running on that cpu (plain stores), read by anyone. */
+    int64_t *rseq_slots;
+    /* Same geometry: written only with atomic read-modify-writes (fallback
+     * backend, slow paths, reset), so they never race with a section. */
+    int64_t *atomic_slots;
+    uint64_t stride;     /* bytes between two CPUs' slots: a multiple of 128 */
+    uint32_t ncounters;
+    uint32_t nslots;
+    void *mem;
+};
+
+/* add with an explicit section (NULL: the atomic path only). */
+HIDDEN int rseq_py_counter_add_with(rseq_py_counter *c, uint32_t index, int64_t delta,
+                                    rseq_py_percpu_add_fn fn);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * rseq_py.h - the public C interface of rseq_py.
+ *
+ * Everything the Python binding calls is declared here and nothing else.
+ * All functions are safe to call from any thread, with or without the GIL;
+ * none blocks except the stress and benchmark drivers, which run their own
+ * threads until done.
+ */
+#ifndef RSEQ_PY_H
+#define RSEQ_PY_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The text from here to "end of binding" is also the cffi cdef of the Python
+ * binding (rseq_py/_build.py): keep it to plain declarations and integer
+ * #defines. */
+
+/* ---- backend and registration ---------------------------------------- */
+
+enum rseq_py_backend {
+    RSEQ_PY_BACKEND_FALLBACK = 0, /* per-CPU slots updated with atomic adds */
+    RSEQ_PY_BACKEND_RSEQ = 1      /* per-CPU slots updated by rseq sections */
+};
+
+enum rseq_py_registrar {
+    RSEQ_PY_REGISTRAR_NONE = 0,
+    RSEQ_PY_REGISTRAR_GLIBC = 1,  /* glibc registered every thread */
+    RSEQ_PY_REGISTRAR_SELF = 2    /* rseq_py registers each thread lazily */
+};
+
+enum rseq_py_request {
+    RSEQ_PY_REQUEST_AUTO = 0,     /* rseq when possible, else fallback */
+    RSEQ_PY_REQUEST_FALLBACK = 1, /* never use rseq */
+    RSEQ_PY_REQUEST_RSEQ = 2      /* rseq or fail */
+};
+
+struct rseq_py_info {
+    int backend;                /* enum rseq_py_backend */
+    int registrar;              /* enum rseq_py_registrar */
+    const char *arch;           /* "x86_64", "aarch64", or the machine name */
+    uint32_t feature_size;      /* bytes of struct rseq the kernel fills */
+    uint32_t kernel_feature_size; /* getauxval(AT_RSEQ_FEATURE_SIZE), 0 if absent */
+    uint32_t area_size;         /* bytes registered for each thread's area */
+    int has_node_id;
+    int has_mm_cid;
+    uint32_t cpu_slots;         /* per-CPU slots every structure allocates */
+    uint32_t signature;
+    int64_t glibc_rseq_offset;  /* __rseq_offset, 0 if glibc has none */
+    int64_t glibc_rseq_size;    /* __rseq_size, -1 if glibc has none */
+    const char *reason;         /* why this backend, in words */
+};
+
+/* Decide the backend once per process (later calls return the first
+ * outcome).  Returns 0, or -1 when RSEQ_PY_REQUEST_RSEQ cannot be met. */
+int rseq_py_init(int request);
+void rseq_py_get_info(struct rseq_py_info *out);
+
+/* CPU the calling thread runs on (from the rseq area when registered). */
+int rseq_py_current_cpu(void);
+/* Concurrency id (per process) or -1 when the kernel does not fill it. */
+int rseq_py_current_mm_cid(void);
+/* NUMA node, from the rseq area when filled, else from getcpu(2). */
+int rseq_py_current_numa_node(void);
+
+struct rseq_py_stats {
+    uint64_t escapes;            /* sections not entered (unregistered) */
+    uint64_t exhausted;          /* sections that aborted every attempt */
+    uint64_t slow_path_adds;     /* adds done with an atomic instead */
+    uint64_t self_registrations; /* threads rseq_py registered, ever */
+    uint64_t self_unregistrations;
+    uint64_t self_registration_failures;
+    int64_t self_registrations_live;
+};
+void rseq_py_get_stats(struct rseq_py_stats *out);
+
+/* ---- per-CPU counters ------------------------------------------------- */
+
+typedef struct rseq_py_counter rseq_py_counter;
+
+/* ncounters in [1, RSEQ_PY_COUNTER_MAX]; NULL on bad size or no memory. */
+#define RSEQ_PY_COUNTER_MAX 1048576
+rseq_py_counter *rseq_py_counter_new(uint32_t ncounters);
+void rseq_py_counter_free(rseq_py_counter *c);
+uint32_t rseq_py_counter_size(const rseq_py_counter *c);
+uint32_t rseq_py_counter_cpu_slots(const rseq_py_counter *c);
+
+/* Add delta (wrapping modulo 2^64) to counter `index` on this CPU's slot.
+ * Returns 0, or -1 if index is out of range. */
+int rseq_py_counter_add(rseq_py_counter *c, uint32_t index, int64_t delta);
+/* Sum over all CPUs (wrapping).  index must be < size. */
+int64_t rseq_py_counter_value(const rseq_py_counter *c, uint32_t index);
+/* out[size]: every counter's sum. */
+void rseq_py_counter_values(const rseq_py_counter *c, int64_t *out);
+/* out[cpu_slots]: counter `index` as seen on each CPU. */
+void rseq_py_counter_per_cpu(const rseq_py_counter *c, uint32_t index, int64_t *out);
+/* Subtract, from each CPU, what that CPU held when it was read; returns the
+ * total subtracted.  Concurrent adds are each either in that total or left
+ * in the counter, never lost and never counted twice. */
+int64_t rseq_py_counter_reset(rseq_py_counter *c, uint32_t index);
+
+/* ---- stress driver (tests) -------------------------------------------- */
+
+enum rseq_py_variant {
+    RSEQ_PY_VARIANT_RSEQ = 0,        /* the shipped section */
+    RSEQ_PY_VARIANT_RSEQ_INJECT = 1, /* injected delay + abort counter */
+    RSEQ_PY_VARIANT_ATOMIC = 2,      /* the fallback path only */
+    RSEQ_PY_VARIANT_UNPROTECTED = 3  /* load/delay/store with no section:
+                                        a control that must lose updates */
+};
+
+struct rseq_py_stress_config {
+    uint32_t threads;
+    uint64_t ops_per_thread;
+    int variant;                 /* enum rseq_py_variant */
+    uint64_t inject_loops;       /* delay inside the section (inject/unprotected) */
+    uint32_t signal_interval_us; /* 0: no signals; else every worker is
+                                    signalled at about this interval */
+};
+
+struct rseq_py_stress_result {
+    int64_t expected;            /* sum of every delta every worker added */
+    int64_t observed;            /* sum read back after all workers joined */
+    uint64_t aborts;             /* aborts counted by the inject variant */
+    uint64_t signals;            /* signals delivered to workers */
+    uint64_t escapes;            /* slow paths taken during the run */
+    uint64_t exhausted;
+    uint64_t elapsed_ns;
+    int error;                   /* 0, or an errno value */
+};
+
+/* Runs `threads` workers adding to counter c (every index in turn) and
+ * fills *r.  Blocks until all workers are done. */
+int rseq_py_counter_stress(rseq_py_counter *c, const struct rseq_py_stress_config *cfg,
+                           struct rseq_py_stress_result *r);
+
+/* ---- C-level threaded benchmark --------------------------------------- */
+
+enum rseq_py_bench_mode {
+    RSEQ_PY_BENCH_RSEQ = 0,          /* rseq per-CPU counter (this library) */
+    RSEQ_PY_BENCH_PERCPU_ATOMIC = 1, /* per-CPU slots, lock add, sched_getcpu */
+    RSEQ_PY_BENCH_SHARED_ATOMIC = 2, /* one shared word, lock add */
+    RSEQ_PY_BENCH_MUTEX = 3          /* one word under a pthread mutex */
+};
+
+/* ns per operation per thread and total throughput, threads running in
+ * parallel for ops_per_thread each.  Returns 0 or an errno value. */
+int rseq_py_counter_bench(int mode, uint32_t threads, uint64_t ops_per_thread,
+                          double *ns_per_op, double *total_mops);
+
+/* end of binding */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

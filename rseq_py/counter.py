@@ -1,0 +1,161 @@
+"""Per-CPU counters: many writers on many CPUs, no lock, no shared cache line."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Union, overload
+
+from ._checks import INT64_MAX, INT64_MIN, as_index, as_int, as_int64
+from ._native import ffi, lib
+
+__all__ = ["PerCpuCounter"]
+
+_add = lib.rseq_py_counter_add
+
+
+class PerCpuCounter:
+    """A set of ``size`` independent int64 counters, each split into one slot per CPU.
+
+    ``add`` changes only the slot of the CPU the calling thread runs on, in one
+    rseq critical section: no lock, no atomic instruction, no cache line shared
+    with another CPU.  If the thread is preempted, migrated or signalled inside
+    the section, the kernel restarts it, so each ``add`` takes effect exactly
+    once.  On the fallback backend (see :func:`rseq_py.info`) the same slots are
+    updated with atomic adds instead, with the same guarantees.
+
+    Concurrency guarantees (all methods may be called from any thread at once):
+
+    * **add / inc / sub** are never lost and never applied twice, whatever the
+      threads, CPUs, preemptions and signals.  The C work runs with the GIL
+      released.
+    * **value / values** add up the per-CPU slots one by one (each read is a
+      single-copy-atomic 64-bit load).  The result includes every add that
+      returned before the call started and none that began after it returned;
+      an add running concurrently is either wholly in or wholly out.  It is not
+      a snapshot across CPUs or across counters: with concurrent writers the
+      sum is approximate in time, never corrupt.
+    * **reset** subtracts from each CPU exactly what it read there and returns
+      the total: every concurrent add is either in the returned amount or left
+      in the counter, never lost and never counted twice.  So
+      ``total = sum(reset() results) + value()`` holds exactly at quiescence.
+    * **Overflow**: slots and sums wrap modulo 2**64 (two's complement), like C
+      ``int64_t`` arithmetic made well defined.  Because a sum modulo 2**64 does
+      not care how the parts wrapped, ``value()`` is exact whenever the true
+      total lies in ``[-2**63, 2**63 - 1]``; beyond that it wraps.
+
+    Args:
+        size: number of independent counters, 1 to 1,048,576.
+
+    Raises:
+        TypeError: ``size`` is not an int.
+        ValueError: ``size`` is out of range.
+    """
+
+    __slots__ = ("_c", "_size", "__weakref__")
+
+    MAX_SIZE = lib.RSEQ_PY_COUNTER_MAX
+
+    def __init__(self, size: int = 1) -> None:
+        size = as_int(size, "size")
+        if not 1 <= size <= self.MAX_SIZE:
+            raise ValueError(f"size must be between 1 and {self.MAX_SIZE}, got {size}")
+        c = lib.rseq_py_counter_new(size)
+        if c == ffi.NULL:
+            raise MemoryError(f"cannot allocate a PerCpuCounter of size {size}")
+        self._c = ffi.gc(c, lib.rseq_py_counter_free)
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        """Number of independent counters."""
+        return self._size
+
+    @property
+    def cpu_slots(self) -> int:
+        """Number of per-CPU slots each counter has (possible CPUs)."""
+        return int(lib.rseq_py_counter_cpu_slots(self._c))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, delta: int, index: int = 0) -> None:
+        """Add ``delta`` (a signed 64-bit int) to counter ``index``.
+
+        Raises:
+            TypeError: ``delta`` or ``index`` is not an int.
+            OverflowError: ``delta`` is outside the signed 64-bit range.
+            IndexError: ``index`` is not in ``range(size)``.
+        """
+        if type(delta) is not int or not INT64_MIN <= delta <= INT64_MAX:
+            delta = as_int64(delta, "delta")
+        if type(index) is not int or not 0 <= index < self._size:
+            index = as_index(index, self._size)
+        _add(self._c, index, delta)
+
+    def inc(self, index: int = 0) -> None:
+        """Add 1 to counter ``index``.  Raises like :meth:`add`."""
+        if type(index) is not int or not 0 <= index < self._size:
+            index = as_index(index, self._size)
+        _add(self._c, index, 1)
+
+    def sub(self, delta: int, index: int = 0) -> None:
+        """Subtract ``delta``: the same as ``add(-delta, index)``, so ``-delta`` must fit int64.
+
+        Raises:
+            TypeError, IndexError: as :meth:`add`.
+            OverflowError: ``-delta`` is outside the signed 64-bit range.
+        """
+        delta = as_int(delta, "delta")
+        self.add(as_int64(-delta, "-delta"), index)
+
+    def value(self, index: int = 0) -> int:
+        """The sum of counter ``index`` over all CPUs (see the class's guarantees)."""
+        index = as_index(index, self._size)
+        return int(lib.rseq_py_counter_value(self._c, index))
+
+    def values(self) -> List[int]:
+        """Every counter's sum, as a list of ``size`` ints."""
+        out = ffi.new("int64_t[]", self._size)
+        lib.rseq_py_counter_values(self._c, out)
+        return list(out)
+
+    def per_cpu(self, index: int = 0) -> List[int]:
+        """Counter ``index`` as held by each CPU: a list of ``cpu_slots`` ints.
+
+        Each entry is what was added on that CPU (minus what ``reset`` took
+        from it); entries sum to :meth:`value`.
+        """
+        index = as_index(index, self._size)
+        out = ffi.new("int64_t[]", lib.rseq_py_counter_cpu_slots(self._c))
+        lib.rseq_py_counter_per_cpu(self._c, index, out)
+        return list(out)
+
+    @overload
+    def reset(self, index: int) -> int: ...
+
+    @overload
+    def reset(self, index: None = None) -> List[int]: ...
+
+    def reset(self, index: Optional[int] = None) -> Union[int, List[int]]:
+        """Take counter ``index`` back to zero and return what it held.
+
+        With no index, resets every counter and returns the list of amounts.
+        Safe against concurrent adders: each concurrent add is either part of
+        the returned amount or stays in the counter (never lost, never
+        doubled).  Two resets racing on one counter split the amount between
+        them (one may return a negative share); their results and the
+        remaining value still add up to the exact total.
+        """
+        if index is None:
+            return [int(lib.rseq_py_counter_reset(self._c, i)) for i in range(self._size)]
+        index = as_index(index, self._size)
+        return int(lib.rseq_py_counter_reset(self._c, index))
+
+    def __repr__(self) -> str:
+        vals = self.values()
+        shown = ", ".join(map(str, vals[:8])) + (", ..." if len(vals) > 8 else "")
+        return f"PerCpuCounter(size={self._size}, values=[{shown}])"
+
+    def __reduce__(self) -> object:
+        raise TypeError(
+            "a PerCpuCounter lives in this process's private memory and cannot be pickled"
+        )

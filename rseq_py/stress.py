@@ -1,0 +1,147 @@
+"""The C stress driver and the C-level threaded benchmark, reachable from Python.
+
+Both run real pthreads with the GIL released for the whole run, so what
+they measure and prove is the C core, not the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ._checks import as_int
+from ._native import ffi, lib
+from .counter import PerCpuCounter
+
+__all__ = ["StressResult", "counter_stress", "counter_bench", "VARIANTS", "BENCH_MODES"]
+
+VARIANTS = {
+    "rseq": lib.RSEQ_PY_VARIANT_RSEQ,
+    "rseq_inject": lib.RSEQ_PY_VARIANT_RSEQ_INJECT,
+    "atomic": lib.RSEQ_PY_VARIANT_ATOMIC,
+    "unprotected": lib.RSEQ_PY_VARIANT_UNPROTECTED,
+}
+
+BENCH_MODES = {
+    "rseq": lib.RSEQ_PY_BENCH_RSEQ,
+    "percpu_atomic": lib.RSEQ_PY_BENCH_PERCPU_ATOMIC,
+    "shared_atomic": lib.RSEQ_PY_BENCH_SHARED_ATOMIC,
+    "mutex": lib.RSEQ_PY_BENCH_MUTEX,
+}
+
+
+@dataclass(frozen=True)
+class StressResult:
+    """Outcome of one stress run.
+
+    ``expected`` is what the workers say they added, ``observed`` what the
+    counter gained; they are equal unless updates were lost.  ``aborts`` is
+    counted by the injection variant's abort handler only.
+    """
+
+    variant: str
+    threads: int
+    expected: int
+    observed: int
+    aborts: int
+    signals: int
+    escapes: int
+    exhausted: int
+    elapsed_s: float
+
+    @property
+    def exact(self) -> bool:
+        return self.expected == self.observed
+
+
+def counter_stress(
+    variant: str = "rseq_inject",
+    threads: int = 0,
+    ops_per_thread: int = 100_000,
+    size: int = 3,
+    inject_loops: int = 0,
+    signal_interval_us: int = 0,
+    counter: PerCpuCounter | None = None,
+) -> StressResult:
+    """Run ``threads`` pthreads adding to a per-CPU counter and check the total.
+
+    Args:
+        variant: ``rseq`` (the shipped section), ``rseq_inject`` (same section
+            with a delay loop between its load and its commit, and an abort
+            counter), ``atomic`` (the fallback path), or ``unprotected``
+            (load/delay/store with no section: a control that loses updates).
+        threads: worker count; 0 means 4 x the CPUs this process may use.
+        ops_per_thread: adds per worker.
+        size: counters in the fresh counter used (ignored with ``counter``).
+        inject_loops: delay loop iterations inside the section.
+        signal_interval_us: when > 0, a signaller thread sends every live
+            worker a signal about this often.
+        counter: count into this counter instead of a fresh one.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    threads = as_int(threads, "threads") or 4 * len(os.sched_getaffinity(0))
+    if not 1 <= threads <= 4096:
+        raise ValueError(f"threads must be between 1 and 4096, got {threads}")
+    ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    inject_loops = as_int(inject_loops, "inject_loops")
+    signal_interval_us = as_int(signal_interval_us, "signal_interval_us")
+    for name, v in (("ops_per_thread", ops_per_thread), ("inject_loops", inject_loops),
+                    ("signal_interval_us", signal_interval_us)):
+        if not 0 <= v < 1 << 32:
+            raise ValueError(f"{name} must be between 0 and 2**32-1, got {v}")
+    c = counter if counter is not None else PerCpuCounter(size)
+    cfg = ffi.new("struct rseq_py_stress_config *")
+    cfg.threads = threads
+    cfg.ops_per_thread = ops_per_thread
+    cfg.variant = VARIANTS[variant]
+    cfg.inject_loops = inject_loops
+    cfg.signal_interval_us = signal_interval_us
+    res = ffi.new("struct rseq_py_stress_result *")
+    err = lib.rseq_py_counter_stress(c._c, cfg, res)
+    if err:
+        raise OSError(err, f"stress run failed: {os.strerror(err)}")
+    return StressResult(
+        variant=variant,
+        threads=threads,
+        expected=res.expected,
+        observed=res.observed,
+        aborts=res.aborts,
+        signals=res.signals,
+        escapes=res.escapes,
+        exhausted=res.exhausted,
+        elapsed_s=res.elapsed_ns / 1e9,
+    )
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One C-level benchmark run: ns per op per thread, total Mops/s."""
+
+    mode: str
+    threads: int
+    ns_per_op: float
+    total_mops: float
+
+
+def counter_bench(mode: str, threads: int = 1, ops_per_thread: int = 2_000_000) -> BenchResult:
+    """Time ``threads`` pthreads each doing ``ops_per_thread`` increments in ``mode``.
+
+    Modes: ``rseq`` (this library's counter), ``percpu_atomic`` (per-CPU
+    slots with ``lock add`` indexed by ``sched_getcpu``), ``shared_atomic``
+    (one word, ``lock add``), ``mutex`` (one word under a pthread mutex).
+    """
+    if mode not in BENCH_MODES:
+        raise ValueError(f"mode must be one of {sorted(BENCH_MODES)}, got {mode!r}")
+    threads = as_int(threads, "threads")
+    ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    if not 1 <= threads <= 4096:
+        raise ValueError(f"threads must be between 1 and 4096, got {threads}")
+    if not 1 <= ops_per_thread < 1 << 40:
+        raise ValueError(f"ops_per_thread must be between 1 and 2**40-1, got {ops_per_thread}")
+    ns = ffi.new("double *")
+    mops = ffi.new("double *")
+    err = lib.rseq_py_counter_bench(BENCH_MODES[mode], threads, ops_per_thread, ns, mops)
+    if err:
+        raise OSError(err, f"benchmark failed: {os.strerror(err)}")
+    return BenchResult(mode=mode, threads=threads, ns_per_op=ns[0], total_mops=mops[0])
