@@ -1,0 +1,71 @@
+"""Shared fixtures: the tests exercise the installed package, never the source tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import rseq_py
+
+# The arm64 harness (tests/arch) runs its own payloads inside a guest.
+collect_ignore = ["arch"]
+
+SOURCE_TREE = Path(__file__).resolve().parent.parent / "rseq_py"
+
+# The source tree has no compiled extension: importing from it would fail
+# anyway, but say plainly what went wrong.
+assert Path(rseq_py.__file__).resolve().parent != SOURCE_TREE, (
+    "tests imported rseq_py from the source tree; install it (pip install '.[test]') "
+    "and run pytest from the venv's bin/pytest so the checkout is not on sys.path"
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    i = rseq_py.info()
+    return [
+        f"rseq_py {rseq_py.__version__} from {Path(rseq_py.__file__).parent}",
+        f"rseq_py backend={i.backend} registered_by={i.registered_by} arch={i.arch} "
+        f"feature_size={i.feature_size} cpu_slots={i.cpu_slots}",
+        f"rseq_py reason: {i.reason}",
+    ]
+
+
+def allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def oversubscribed_threads() -> int:
+    """4 x the CPUs this process may run on: guarantees preemption inside sections."""
+    return 4 * len(allowed_cpus())
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
+    """Run ``code`` in a fresh interpreter (cwd outside the source tree) and
+    return the JSON object it prints on its last line."""
+    full_env = dict(os.environ)
+    full_env.pop("RSEQ_PY_BACKEND", None)
+    full_env.pop("GLIBC_TUNABLES", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def restore_affinity():
+    before = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, before)

@@ -1,0 +1,46 @@
+"""The kernel's own rseq_ip_fixup tracepoint sees our sections abort, and
+each kernel abort is exactly one run of our abort handler."""
+
+from __future__ import annotations
+
+import pytest
+
+import rseq_py
+import rseq_py._native
+from conftest import oversubscribed_threads
+from kernel_trace import mapping_of, rseq_fixups, unavailable_reason
+from rseq_py.stress import counter_stress
+
+pytestmark = [
+    pytest.mark.skipif(rseq_py.info().backend != "rseq", reason="needs the rseq backend"),
+]
+
+
+@pytest.fixture
+def native_text():
+    why = unavailable_reason()
+    if why:
+        pytest.skip(why)
+    return mapping_of(rseq_py._native.__file__)
+
+
+def test_kernel_sees_injected_aborts_one_for_one(native_text):
+    with rseq_fixups(*native_text) as fixups:
+        r = counter_stress("rseq_inject", threads=oversubscribed_threads(), ops_per_thread=40_000,
+                           inject_loops=300, signal_interval_us=50)
+    ours = fixups.in_range()
+    assert r.observed == r.expected
+    assert r.aborts > 0
+    assert len(ours) == r.aborts, (len(ours), r)
+    # Each abort interrupted an IP inside the section's [start, post_commit).
+    for regs_ip, start_ip, post, abort_ip in ours:
+        assert start_ip <= regs_ip < start_ip + post
+        assert not start_ip <= abort_ip < start_ip + post
+
+
+def test_kernel_aborts_the_shipped_section(native_text):
+    with rseq_fixups(*native_text) as fixups:
+        r = counter_stress("rseq", threads=oversubscribed_threads(), ops_per_thread=1_000_000,
+                           signal_interval_us=10)
+    assert r.observed == r.expected
+    assert len(fixups.in_range()) > 0, r
