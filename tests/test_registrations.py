@@ -21,8 +21,16 @@ def settle(pred, timeout: float = 10.0) -> bool:
     return pred()
 
 
+def quiet() -> None:
+    """Threads of earlier tests may still be in their exit path: wait until
+    only this (main) thread's registration is live."""
+    if rseq_py.info().registered_by == "rseq_py":
+        assert settle(lambda: rseq_py.stats().self_registrations_live == 1), rseq_py.stats()
+
+
 def test_short_lived_threads_do_not_leak_registrations():
     c = rseq_py.PerCpuCounter(size=2)
+    quiet()
     s0 = rseq_py.stats()
     batches, per_batch = 40, 50
     for _ in range(batches):
@@ -34,7 +42,8 @@ def test_short_lived_threads_do_not_leak_registrations():
     n = batches * per_batch
     assert c.values() == [n, 2 * n]
     if rseq_py.info().registered_by == "rseq_py":
-        assert settle(lambda: rseq_py.stats().self_registrations_live == s0.self_registrations_live)
+        assert settle(lambda: rseq_py.stats().self_registrations_live == s0.self_registrations_live), (
+            s0, rseq_py.stats())
         s1 = rseq_py.stats()
         assert s1.self_registrations - s0.self_registrations >= n
         assert s1.self_unregistrations - s0.self_unregistrations >= n
@@ -45,6 +54,7 @@ def test_short_lived_threads_do_not_leak_registrations():
 
 
 def test_stress_workers_unregister_on_exit():
+    quiet()
     s0 = rseq_py.stats()
     r = counter_stress("rseq_inject", threads=64, ops_per_thread=5_000, inject_loops=50)
     assert r.observed == r.expected

@@ -93,6 +93,7 @@ ensure_host_tools() {
 # but keep their own lists and caches, so the host's apt configuration (architectures, sources)
 # is never modified and a second suite (trixie) can be used on a bookworm host.
 
+# shellcheck source=/dev/null
 host_codename() { . /etc/os-release && printf '%s' "${VERSION_CODENAME:?}"; }
 
 apt_dir() { printf '%s/apt/%s' "$CACHE" "$1"; }
@@ -143,7 +144,9 @@ write_private_sources() { # SUITE OUTDIR
 ensure_apt_state() { # SUITE
   local suite=$1 d
   d=$(apt_dir "$suite")
-  if [[ -f $d/updated ]]; then return 0; fi
+  # Only consulted when something is missing from the cache; a day-old index may already name
+  # .debs that the mirror has dropped, so it is refreshed then.
+  if [[ -n $(find "$d/updated" -mmin -1440 2>/dev/null) ]]; then return 0; fi
   log "apt index for $suite/arm64"
   rm -rf "$d"
   mkdir -p "$d/state" "$d/lists/partial" "$d/cache/archives/partial" "$d/preferences"
@@ -153,12 +156,17 @@ ensure_apt_state() { # SUITE
 }
 
 download_deb() { # SUITE PACKAGE -> prints the .deb path
-  local suite=$1 pkg=$2 dir=$CACHE/debs f
-  mkdir -p "$dir"
-  (cd "$dir" && apt_arm64 "$suite" download -qq "$pkg" >/dev/null)
-  f=$(ls -t "$dir/${pkg}_"*_arm64.deb 2>/dev/null | head -n1)
-  [[ -n $f ]] || die "download of $pkg ($suite/arm64) produced no .deb"
-  printf '%s' "$f"
+  local suite=$1 pkg=$2 dir=$CACHE/debs tmp f
+  # An empty directory per download: whatever lands in it is this package, whatever its version.
+  tmp=$CACHE/debs/partial-$pkg
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (cd "$tmp" && apt_arm64 "$suite" download -qq "$pkg" >/dev/null)
+  f=$(find "$tmp" -maxdepth 1 -name '*.deb' -printf '%f\n')
+  [[ -n $f && $f != *$'\n'* ]] || die "download of $pkg ($suite/arm64) produced no single .deb"
+  mv "$tmp/$f" "$dir/$f"
+  rmdir "$tmp"
+  printf '%s' "$dir/$f"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +219,8 @@ build_rootfs() {
   local want tar=$CACHE/downloads/rootfs-$ROOTFS_SUITE-arm64.tar r
   r=$(rootfs_dir)
   want="recipe=$ROOTFS_RECIPE suite=$ROOTFS_SUITE packages=$ROOTFS_PACKAGES"
-  if [[ -f $CACHE/rootfs.stamp && $(<"$CACHE/rootfs.stamp") == "$want" && -s $CACHE/rootfs.cpio ]]; then
+  if [[ -f $CACHE/rootfs.stamp && $(<"$CACHE/rootfs.stamp") == "$want" && -s $CACHE/rootfs.cpio
+    && -x $r/usr/bin/python3.11 ]]; then
     return 0
   fi
   rm -f "$CACHE/rootfs.stamp"

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the arm64 test guest. Mounts what the tests rely on, runs /payload/run.sh, reports its
 # exit status on the console in a line the host parses (qemu's own exit status says nothing about
 # the guest), then powers off so that qemu exits.
