@@ -1,5 +1,5 @@
 /*
- * rseq_abi.h - constants shared by the assembly (asm/<arch>/*.S) and the C
+ * rseq_abi.h - constants shared by the assembly (the .S files under asm/) and the C
  * layer (csrc/).  Plain #defines only, so the same file is included by the
  * preprocessor in front of the assembler and by the C compiler.
  *

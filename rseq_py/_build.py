@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
+COMPILE_ARGS = ["-std=gnu11", "-O2", "-Wall", "-fvisibility=hidden"]
+LINK_ARGS = ["-Wl,-z,noexecstack"]
+LIBRARIES = ["dl", "pthread"]
+
+
 def target_arch() -> str:
     machine = os.environ.get("RSEQ_PY_TARGET_ARCH") or platform.machine()
     machine = machine.lower()
@@ -46,6 +51,10 @@ def has_asm(arch: str) -> bool:
     return any((ROOT / "asm" / arch).glob("*.S"))
 
 
+def define_macros(arch: str) -> list[tuple[str, str]]:
+    return [] if has_asm(arch) else [("RSEQ_PY_NO_ASM", "1")]
+
+
 def cdef() -> str:
     """The binding section of csrc/rseq_py.h, as cffi's cdef."""
     header = (ROOT / "csrc" / "rseq_py.h").read_text()
@@ -58,16 +67,16 @@ def make_builder(arch: str | None = None) -> FFI:
     arch = arch or target_arch()
     ffi = FFI()
     ffi.cdef(cdef())
-    macros = [] if has_asm(arch) else [("RSEQ_PY_NO_ASM", "1")]
+    macros = define_macros(arch)
     ffi.set_source(
         "rseq_py._native",
         '#include "rseq_py.h"',
         sources=sources(arch),
         include_dirs=[_rel(ROOT / "csrc")],
         define_macros=macros,
-        extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-fvisibility=hidden"],
-        extra_link_args=["-Wl,-z,noexecstack"],
-        libraries=["dl", "pthread"],
+        extra_compile_args=COMPILE_ARGS,
+        extra_link_args=LINK_ARGS,
+        libraries=LIBRARIES,
     )
     return ffi
 

@@ -36,6 +36,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+# Emulated machines (the arm64 guests) run the same suite with smaller
+# workloads; the concurrency (threads per CPU, signals) stays the same.
+SCALE = float(os.environ.get("RSEQ_PY_TEST_SCALE", "1"))
+
+
+def scaled(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
 def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
@@ -43,6 +52,27 @@ def allowed_cpus() -> list[int]:
 def oversubscribed_threads() -> int:
     """4 x the CPUs this process may run on: guarantees preemption inside sections."""
     return 4 * len(allowed_cpus())
+
+
+def stress_until_aborts(budget_s: float = 60.0, **kw):
+    """counter_stress(**kw) repeated until the kernel has aborted at least one
+    section (or the budget runs out); every run must be exact on its own.
+
+    Whether a preemption or signal lands inside a section is a matter of
+    time: on a slow (emulated) machine one scaled-down run may see none.
+    Returns the list of runs."""
+    import time
+
+    from rseq_py.stress import counter_stress
+
+    deadline = time.monotonic() + budget_s
+    runs = []
+    while True:
+        r = counter_stress(**kw)
+        assert r.observed == r.expected, r
+        runs.append(r)
+        if r.aborts > 0 or rseq_py.info().backend != "rseq" or time.monotonic() > deadline:
+            return runs
 
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:

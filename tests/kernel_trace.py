@@ -38,8 +38,16 @@ class Fixups:
     hi: int
     events: list[tuple[int, int, int, int]] = field(default_factory=list)
 
+    trace: Path | None = None
+
     def in_range(self) -> list[tuple[int, int, int, int]]:
         return [e for e in self.events if self.lo <= e[3] < self.hi]
+
+    def count_in_range(self) -> int:
+        """Read the live trace (while tracing) and count our events so far."""
+        assert self.trace is not None
+        return sum(1 for line in self.trace.read_text().splitlines()
+                   if (m := FIXUP.search(line)) and self.lo <= int(m.group(4), 16) < self.hi)
 
 
 def mapping_of(path_fragment: str) -> tuple[int, int]:
@@ -60,7 +68,7 @@ def mapping_of(path_fragment: str) -> tuple[int, int]:
 def rseq_fixups(lo: int, hi: int) -> Iterator[Fixups]:
     inst = TRACEFS / "instances" / f"rseq_py_test_{os.getpid()}"
     inst.mkdir()
-    out = Fixups(lo, hi)
+    out = Fixups(lo, hi, trace=inst / "trace")
     try:
         (inst / "tracing_on").write_text("0")
         (inst / "buffer_size_kb").write_text("8192")
@@ -73,6 +81,7 @@ def rseq_fixups(lo: int, hi: int) -> Iterator[Fixups]:
             if m:
                 regs, start, post, abort = (int(m.group(i), 16 if i != 3 else 10) for i in (1, 2, 3, 4))
                 out.events.append((regs, start, post, abort))
+        out.trace = None
     finally:
         (inst / "tracing_on").write_text("0")
         inst.rmdir()

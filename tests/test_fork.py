@@ -8,8 +8,7 @@ import os
 import threading
 
 import rseq_py
-from conftest import oversubscribed_threads
-from rseq_py.stress import counter_stress
+from conftest import oversubscribed_threads, scaled, stress_until_aborts
 
 
 def in_child(fn) -> dict:
@@ -40,20 +39,22 @@ def test_child_counts_from_main_and_new_threads():
     def child() -> dict:
         for _ in range(1000):
             c.inc()
-        threads = [threading.Thread(target=lambda: [c.add(2, index=1) for _ in range(5000)])
+        threads = [threading.Thread(target=lambda: [c.add(2, index=1) for _ in range(ops)])
                    for _ in range(oversubscribed_threads())]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        s = counter_stress("rseq_inject", threads=oversubscribed_threads(), ops_per_thread=50_000,
-                           inject_loops=100, signal_interval_us=50)
+        s = stress_until_aborts(variant="rseq_inject", threads=oversubscribed_threads(),
+                                ops_per_thread=scaled(50_000), inject_loops=100,
+                                signal_interval_us=50)[-1]
         i = rseq_py.info()
         return dict(values=c.values(), cpu=rseq_py.current_cpu(), backend=i.backend,
                     by=i.registered_by, stress=[s.expected, s.observed, s.aborts])
 
+    ops = scaled(5000)
     out = in_child(child)
-    assert out["values"] == [1100, 2 * 5000 * oversubscribed_threads()]
+    assert out["values"] == [1100, 2 * ops * oversubscribed_threads()]
     assert (out["backend"], out["by"]) == (before_info.backend, before_info.registered_by)
     assert out["stress"][0] == out["stress"][1]
     if before_info.backend == "rseq":
@@ -75,15 +76,16 @@ def test_fork_while_other_threads_are_adding():
     try:
         def child() -> dict:
             start = c.value()  # only this thread exists here: a stable value
-            for _ in range(10_000):
+            for _ in range(ops):
                 c.inc()
-            t = threading.Thread(target=lambda: [c.add(5) for _ in range(10_000)])
+            t = threading.Thread(target=lambda: [c.add(5) for _ in range(ops)])
             t.start()
             t.join()
             return dict(gained=c.value() - start)
 
+        ops = scaled(10_000)
         for _ in range(5):
-            assert in_child(child)["gained"] == 10_000 + 50_000
+            assert in_child(child)["gained"] == 6 * ops
     finally:
         stop.set()
         for t in adders:

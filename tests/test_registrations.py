@@ -7,6 +7,7 @@ import threading
 import time
 
 import rseq_py
+from conftest import scaled
 from rseq_py.stress import counter_stress
 
 
@@ -32,7 +33,7 @@ def test_short_lived_threads_do_not_leak_registrations():
     c = rseq_py.PerCpuCounter(size=2)
     quiet()
     s0 = rseq_py.stats()
-    batches, per_batch = 40, 50
+    batches, per_batch = scaled(40), 50
     for _ in range(batches):
         threads = [threading.Thread(target=lambda: (c.inc(), c.add(2, index=1))) for _ in range(per_batch)]
         for t in threads:
@@ -56,7 +57,7 @@ def test_short_lived_threads_do_not_leak_registrations():
 def test_stress_workers_unregister_on_exit():
     quiet()
     s0 = rseq_py.stats()
-    r = counter_stress("rseq_inject", threads=64, ops_per_thread=5_000, inject_loops=50)
+    r = counter_stress("rseq_inject", threads=64, ops_per_thread=scaled(5_000), inject_loops=50)
     assert r.observed == r.expected
     s1 = rseq_py.stats()
     assert s1.self_registrations_live == s0.self_registrations_live

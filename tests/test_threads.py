@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import rseq_py
-from conftest import oversubscribed_threads
+from conftest import oversubscribed_threads, scaled
 
 
 def run_threads(n: int, target, *args) -> None:
@@ -19,7 +19,7 @@ def run_threads(n: int, target, *args) -> None:
 
 def test_python_threads_add_exactly():
     c = rseq_py.PerCpuCounter(size=4)
-    n, ops = oversubscribed_threads(), 20_000
+    n, ops = oversubscribed_threads(), scaled(20_000)
 
     def work(i: int) -> None:
         for k in range(ops):
@@ -35,7 +35,7 @@ def test_python_threads_add_exactly():
 
 def test_readers_see_monotonic_bounded_sums_while_threads_add():
     c = rseq_py.PerCpuCounter()
-    n, ops = oversubscribed_threads(), 20_000
+    n, ops = oversubscribed_threads(), scaled(20_000)
     stop = threading.Event()
     seen: list[int] = []
 
@@ -67,6 +67,7 @@ def test_stress_driver_from_python_threads_at_once():
     c = rseq_py.PerCpuCounter(2)
     results = []
     run_threads(2, lambda i: results.append(
-        counter_stress("rseq_inject", threads=4, ops_per_thread=50_000, inject_loops=50, counter=c)))
-    run_threads(4, lambda i: [c.add(2, index=1) for _ in range(10_000)])
-    assert sum(c.values()) == sum(r.expected for r in results) + 4 * 10_000 * 2
+        counter_stress("rseq_inject", threads=4, ops_per_thread=scaled(50_000), inject_loops=50, counter=c)))
+    ops = scaled(10_000)
+    run_threads(4, lambda i: [c.add(2, index=1) for _ in range(ops)])
+    assert sum(c.values()) == sum(r.expected for r in results) + 4 * ops * 2

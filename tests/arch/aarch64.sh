@@ -25,6 +25,10 @@
 #   tests/arch/aarch64.sh user PAYLOAD_DIR [COMMAND...]
 #       Runs PAYLOAD_DIR/run_user.sh (or COMMAND) on the host with the arm64 rootfs Python under
 #       qemu-aarch64-static. The rseq syscall is ENOSYS there: this exercises the fallback path.
+#   tests/arch/aarch64.sh all
+#       Cross-builds rseq_py (tests/arch/cross_build.py, with $PYTHON, which needs cffi) into a
+#       payload with the test suite, boots every kernel with it (tests/arch/payload/run.sh), then
+#       runs it under qemu-user (tests/arch/payload/run_user.sh, the fallback backend).
 #   tests/arch/aarch64.sh smoke
 #       Builds tests/arch/smoke into a payload, boots every kernel with it, and runs it in user mode.
 #   tests/arch/aarch64.sh clean
@@ -293,7 +297,8 @@ print_env() {
   local inc="$d/usr/include/python3.11 $d/usr/include/aarch64-linux-gnu/python3.11"
   printf 'export AARCH64_CC=%q\n' aarch64-linux-gnu-gcc
   printf 'export AARCH64_PY_INCLUDE_DIRS=%q\n' "$inc"
-  printf 'export AARCH64_PY_CFLAGS=%q\n' "-I${inc// / -I}"
+  # pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>: usr/include must be searched too.
+  printf 'export AARCH64_PY_CFLAGS=%q\n' "-I${inc// / -I} -I$d/usr/include"
   printf 'export AARCH64_EXT_SUFFIX=%q\n' "$PY_EXT_SUFFIX"
   printf 'export AARCH64_ROOTFS=%q\n' "$(rootfs_dir)"
   printf 'export AARCH64_QEMU_USER=%q\n' qemu-aarch64-static
@@ -464,6 +469,16 @@ smoke() {
   return "$rc"
 }
 
+all() {
+  setup
+  eval "$(print_env)"
+  local p=$CACHE/work/payload
+  "${PYTHON:-python3}" "$HERE/cross_build.py" "$p"
+  local rc=0
+  bash "$HERE/aarch64.sh" boot "$p" || rc=1
+  bash "$HERE/aarch64.sh" user "$p" || rc=1
+  return "$rc"
+}
 main() {
   local cmd=${1:-}
   (($#)) && shift
@@ -473,6 +488,7 @@ main() {
     boot) boot "$@" ;;
     user) user "$@" ;;
     smoke) smoke ;;
+    all) all ;;
     clean) rm -rf "$CACHE" ;;
     *)
       sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2

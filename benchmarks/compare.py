@@ -1,0 +1,79 @@
+"""Print, per benchmark group, each entry's median ns per op and its ratio to ours.
+
+Usage (from outside the checkout, so the installed package is the one measured)::
+
+    cd /tmp && python /path/to/benchmarks/compare.py bench.json   # read a --benchmark-json file
+    cd /tmp && python /path/to/benchmarks/compare.py --run [PYTEST_ARGS...]
+        # run the suite with this interpreter's pytest into a temporary JSON file, then print
+
+ns/op is wall time over all the ops of one timed call, all threads together
+(median call / ``extra_info["ops"]``); for the c-level groups it comes from
+the C side's own clock (median ``total_mops``), which leaves thread creation
+out.  ratio = entry ns/op / ours ns/op, so above 1 means slower than ours.
+One run's ratios are comparable; absolute numbers across runs are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+
+
+def ns_per_op(b: dict) -> float:
+    extra = b["extra_info"]
+    if "total_mops" in extra:
+        return 1e3 / extra["total_mops"]
+    return b["stats"]["median"] * 1e9 / extra["ops"]
+
+
+def group_key(name: str) -> tuple:
+    # Numeric thread counts sort as numbers: threads-2 before threads-16.
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name or ""))
+
+
+def table(data: dict) -> str:
+    groups = defaultdict(list)
+    for b in data["benchmarks"]:
+        groups[b["group"]].append(b)
+    out = []
+    for g in sorted(groups, key=group_key):
+        rows = [(b["extra_info"]["impl"], ns_per_op(b), b["extra_info"].get("reference")) for b in groups[g]]
+        ref = next((ns for _, ns, r in rows if r), None)
+        out.append(f"\n{g}")
+        out.append(f"  {'impl':<36} {'ns/op':>10} {'Mops/s':>9} {'x ours':>8}")
+        for impl, ns, r in sorted(rows, key=lambda row: row[1]):
+            ratio = f"{ns / ref:8.2f}" if ref else "       -"
+            out.append(f"  {impl + (' *' if r else ''):<36} {ns:10.1f} {1e3 / ns:9.2f} {ratio}")
+    out.append("\n* = ours, the reference of its group")
+    return "\n".join(out)
+
+
+def main(argv: list) -> int:
+    if argv[:1] == ["--run"]:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bench.json")
+            cmd = [sys.executable, "-m", "pytest", here, "-q", f"--benchmark-json={path}", *argv[1:]]
+            # cwd outside the checkout: python -m puts cwd on sys.path, which must not shadow the package.
+            rc = subprocess.call(cmd, cwd=tmp)
+            if rc:
+                return rc
+            with open(path) as f:
+                data = json.load(f)
+    elif len(argv) == 1:
+        with open(argv[0]) as f:
+            data = json.load(f)
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(table(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
