@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 import rseq_py
-from conftest import allowed_cpus
+from support import allowed_cpus
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 

@@ -8,7 +8,7 @@ import os
 import threading
 
 import rseq_py
-from conftest import oversubscribed_threads, scaled, stress_until_aborts
+from support import oversubscribed_threads, scaled, stress_until_aborts
 
 
 def in_child(fn) -> dict:

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import rseq_py
-from conftest import allowed_cpus, run_python
+from support import allowed_cpus, run_python
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.getauxval.restype = ctypes.c_ulong

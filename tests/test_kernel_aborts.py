@@ -9,7 +9,7 @@ import pytest
 
 import rseq_py
 import rseq_py._native
-from conftest import oversubscribed_threads, scaled, stress_until_aborts
+from support import oversubscribed_threads, scaled, stress_until_aborts
 from kernel_trace import mapping_of, rseq_fixups, unavailable_reason
 from rseq_py.stress import counter_stress
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from support import run_python
 from test_info import kernel_has_rseq
 
 HERE = Path(__file__).resolve().parent

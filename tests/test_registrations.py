@@ -7,7 +7,7 @@ import threading
 import time
 
 import rseq_py
-from conftest import scaled
+from support import scaled
 from rseq_py.stress import counter_stress
 
 

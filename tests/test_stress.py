@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import rseq_py
-from conftest import oversubscribed_threads, scaled, stress_until_aborts
+from support import oversubscribed_threads, scaled, stress_until_aborts
 from rseq_py.stress import counter_stress
 
 RSEQ = rseq_py.info().backend == "rseq"

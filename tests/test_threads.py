@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import rseq_py
-from conftest import oversubscribed_threads, scaled
+from support import oversubscribed_threads, scaled
 
 
 def run_threads(n: int, target, *args) -> None:
