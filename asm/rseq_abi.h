@@ -38,6 +38,21 @@
 #define RSEQ_PY_OK        0 /* committed: the one final store happened */
 #define RSEQ_PY_ESCAPE    1 /* not entered: cpu_id < 0 or cpu_id >= nslots */
 #define RSEQ_PY_EXHAUSTED 2 /* aborted RSEQ_PY_MAX_ATTEMPTS times in a row */
+#define RSEQ_PY_STOPPED   3 /* freelist: this CPU's stack is owned by a slow path */
+#define RSEQ_PY_FULL      4 /* freelist push: not enough room (count + n > limit) */
+#define RSEQ_PY_EMPTY     5 /* freelist pop: this CPU's stack is empty */
+
+/* Freelist geometry (struct rseq_py_fl_geom, read by the sections). */
+#define RSEQ_PY_FL_GEOM_BLOCKS 0  /* char *: CPU 0's block */
+#define RSEQ_PY_FL_GEOM_STRIDE 8  /* u64: bytes between two CPUs' blocks */
+#define RSEQ_PY_FL_GEOM_NSLOTS 16 /* u64: number of CPU blocks */
+
+/* A freelist CPU block: header line, then the stack of handles. */
+#define RSEQ_PY_FL_WORD  0   /* u64: count (low 32 bits) | pushes (high 32) */
+#define RSEQ_PY_FL_LIMIT 8   /* u64: count may not exceed it; owner-only */
+#define RSEQ_PY_FL_STOP  16  /* u64: 0, or the token of the slow path owning it */
+#define RSEQ_PY_FL_ITEMS 128 /* int64[]: items[0..count) are the stack */
+#define RSEQ_PY_FL_PUSH_ONE 0x100000001 /* word delta of one push: count+1, pushes+1 */
 
 /*
  * Attempts before giving up.  A section of a few instructions aborts only

@@ -4,8 +4,10 @@
 #ifndef RSEQ_PY_INTERNAL_H
 #define RSEQ_PY_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "rseq_py.h"
 #include "../asm/rseq_abi.h"
@@ -85,6 +87,75 @@ HIDDEN int rseq_py_percpu_add_inject(struct rseq_py_area *area, int64_t *slot0,
 /* Set by the stress driver, read by the _inject sections. */
 extern HIDDEN volatile uint64_t rseq_py_inject_loops;
 extern HIDDEN uint64_t rseq_py_inject_aborts;
+
+/* ---- workers.c (stress drivers) ------------------------------------------ */
+
+HIDDEN uint64_t rseq_py_now_ns(void);
+/* Serialises stress runs: hold it around a whole run. */
+HIDDEN void rseq_py_run_lock(void);
+HIDDEN void rseq_py_run_unlock(void);
+/* Runs fn(args + i * arg_size) in n threads started together, signalling
+ * the live ones every signal_interval_us (0: never).  Returns 0 or errno. */
+HIDDEN int rseq_py_run_workers(uint32_t n, void *(*fn)(void *), void *args, size_t arg_size,
+                               uint32_t signal_interval_us, uint64_t *signals,
+                               uint64_t *elapsed_ns);
+
+/* ---- fence.c ------------------------------------------------------------ */
+
+HIDDEN int rseq_py_fence_init(void);
+HIDDEN void rseq_py_fence_cpu(uint32_t cpu);
+
+/* ---- freelist.c / asm/<arch>/freelist.S ---------------------------------- */
+
+struct rseq_py_fl_geom {
+    char *blocks;    /* CPU 0's block (header line, then its stack) */
+    uint64_t stride; /* bytes between two CPUs' blocks: a multiple of 128 */
+    uint64_t nslots;
+};
+
+struct rseq_py_fl_ops {
+    int (*push)(struct rseq_py_area *, const struct rseq_py_fl_geom *, int64_t);
+    int (*pop)(struct rseq_py_area *, const struct rseq_py_fl_geom *, int64_t *);
+    int (*push_many)(struct rseq_py_area *, const struct rseq_py_fl_geom *, const int64_t *,
+                     uint64_t);
+    int (*pop_many)(struct rseq_py_area *, const struct rseq_py_fl_geom *, int64_t *, uint64_t,
+                    uint64_t *);
+};
+
+#ifndef RSEQ_PY_NO_ASM
+#define FL_SECTIONS(sfx)                                                                       \
+    HIDDEN int rseq_py_fl_push##sfx(struct rseq_py_area *, const struct rseq_py_fl_geom *,     \
+                                    int64_t);                                                  \
+    HIDDEN int rseq_py_fl_pop##sfx(struct rseq_py_area *, const struct rseq_py_fl_geom *,      \
+                                   int64_t *);                                                 \
+    HIDDEN int rseq_py_fl_push_many##sfx(struct rseq_py_area *, const struct rseq_py_fl_geom *,\
+                                         const int64_t *, uint64_t);                           \
+    HIDDEN int rseq_py_fl_pop_many##sfx(struct rseq_py_area *, const struct rseq_py_fl_geom *, \
+                                        int64_t *, uint64_t, uint64_t *);
+FL_SECTIONS()
+FL_SECTIONS(_inject)
+extern HIDDEN const struct rseq_py_fl_ops rseq_py_fl_plain_ops, rseq_py_fl_inject_ops;
+#endif
+
+struct rseq_py_freelist {
+    struct rseq_py_fl_geom g;
+    uint64_t capacity;
+    uint64_t per_cpu;      /* room of each CPU's stack */
+    uint64_t batch;        /* handles or credits moved per slow-path trip */
+    int sections;          /* 1: rseq sections + fences; 0: stop words as locks */
+    uint64_t free_credits; /* atomic: capacity not granted to any CPU or pool */
+    pthread_mutex_t pool_lock;
+    uint64_t pool_count;   /* written under pool_lock, read racily */
+    uint64_t pool_pushes;  /* changes with every move into the pool */
+    int64_t *pool;         /* capacity handles */
+    void *mem;
+};
+
+/* ops == NULL: the owner (lock) path only. */
+HIDDEN uint64_t rseq_py_freelist_push_many_with(rseq_py_freelist *fl, const int64_t *src,
+                                                uint64_t n, const struct rseq_py_fl_ops *ops);
+HIDDEN uint64_t rseq_py_freelist_pop_many_with(rseq_py_freelist *fl, int64_t *dst, uint64_t n,
+                                               const struct rseq_py_fl_ops *ops);
 
 /* ---- counter.c ---------------------------------------------------------- */
 

@@ -102,6 +102,33 @@ void rseq_py_counter_per_cpu(const rseq_py_counter *c, uint32_t index, int64_t *
  * in the counter, never lost and never counted twice. */
 int64_t rseq_py_counter_reset(rseq_py_counter *c, uint32_t index);
 
+/* ---- per-CPU freelists ----------------------------------------------- */
+
+typedef struct rseq_py_freelist rseq_py_freelist;
+
+#define RSEQ_PY_FREELIST_MAX 4294967296
+#define RSEQ_PY_FREELIST_PER_CPU_MAX 16777216
+/* capacity in [1, RSEQ_PY_FREELIST_MAX]; per_cpu: room of each CPU's stack
+ * (0: default, capped at capacity).  NULL on bad arguments or no memory. */
+rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu);
+void rseq_py_freelist_free(rseq_py_freelist *fl);
+uint64_t rseq_py_freelist_capacity(const rseq_py_freelist *fl);
+uint32_t rseq_py_freelist_per_cpu(const rseq_py_freelist *fl);
+int rseq_py_freelist_uses_sections(const rseq_py_freelist *fl);
+/* Handles held: exact when no operation runs concurrently. */
+uint64_t rseq_py_freelist_len(const rseq_py_freelist *fl);
+/* 0, or -1 when the freelist already holds capacity handles. */
+int rseq_py_freelist_push(rseq_py_freelist *fl, int64_t handle);
+/* 0 with *out set, or -1 when the freelist held nothing at some instant
+ * during the call. */
+int rseq_py_freelist_pop(rseq_py_freelist *fl, int64_t *out);
+/* Pushes src[0..n) in order; returns how many (fewer than n only when full). */
+uint64_t rseq_py_freelist_push_many(rseq_py_freelist *fl, const int64_t *src, uint64_t n);
+/* Pops up to n into dst; fewer only when it ran empty (as for pop). */
+uint64_t rseq_py_freelist_pop_many(rseq_py_freelist *fl, int64_t *dst, uint64_t n);
+/* Takes every handle (dst has room for capacity); returns how many. */
+uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst);
+
 /* ---- stress driver (tests) -------------------------------------------- */
 
 enum rseq_py_variant {
@@ -136,6 +163,34 @@ struct rseq_py_stress_result {
  * fills *r.  Blocks until all workers are done. */
 int rseq_py_counter_stress(rseq_py_counter *c, const struct rseq_py_stress_config *cfg,
                            struct rseq_py_stress_result *r);
+
+struct rseq_py_fl_stress_config {
+    uint32_t threads;
+    uint64_t ops_per_thread;
+    int variant;                 /* RSEQ_PY_VARIANT_RSEQ, _RSEQ_INJECT or _ATOMIC (owner path) */
+    uint64_t inject_loops;
+    uint32_t signal_interval_us;
+    uint64_t handles;            /* distinct handles 0..handles-1 pushed first */
+    uint32_t max_batch;          /* batches of 2..max_batch; 1: single ops only */
+    uint32_t max_held;           /* handles one worker holds at most */
+};
+
+struct rseq_py_fl_stress_result {
+    uint64_t pops, pushes, empty_pops;
+    uint64_t duplicates;         /* a handle popped while another worker held it */
+    uint64_t missing;            /* handles absent from the final drain */
+    uint64_t unexpected;         /* drained values that were never pushed */
+    uint64_t full_pushes;        /* pushes refused as full (must be 0) */
+    uint64_t aborts, signals, escapes, exhausted;
+    uint64_t elapsed_ns;
+    int error;
+};
+
+/* Fill fl with handles 0..handles-1, run the workers (random pops, pushes
+ * and batches of what they hold), push back what they hold, drain, and
+ * account for every handle.  fl must be empty and of capacity >= handles. */
+int rseq_py_freelist_stress(rseq_py_freelist *fl, const struct rseq_py_fl_stress_config *cfg,
+                            struct rseq_py_fl_stress_result *r);
 
 /* ---- C-level threaded benchmark --------------------------------------- */
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from ._checks import as_int
 from ._native import ffi, lib
 from .counter import PerCpuCounter
+from .freelist import PerCpuFreelist
 
-__all__ = ["StressResult", "counter_stress", "counter_bench", "VARIANTS", "BENCH_MODES"]
+__all__ = ["StressResult", "FreelistStressResult", "counter_stress", "freelist_stress",
+           "counter_bench", "VARIANTS", "BENCH_MODES"]
 
 VARIANTS = {
     "rseq": lib.RSEQ_PY_VARIANT_RSEQ,
@@ -110,6 +112,93 @@ def counter_stress(
         signals=res.signals,
         escapes=res.escapes,
         exhausted=res.exhausted,
+        elapsed_s=res.elapsed_ns / 1e9,
+    )
+
+
+@dataclass(frozen=True)
+class FreelistStressResult:
+    """Outcome of one freelist stress run: every handle accounted for.
+
+    ``duplicates`` counts handles popped while another worker held them, or
+    found twice at the end; ``missing`` handles absent at the end;
+    ``unexpected`` values that were never pushed; ``full_pushes`` pushes
+    refused although the freelist had room.  All four must be 0.
+    """
+
+    variant: str
+    threads: int
+    handles: int
+    pops: int
+    pushes: int
+    empty_pops: int
+    duplicates: int
+    missing: int
+    unexpected: int
+    full_pushes: int
+    aborts: int
+    signals: int
+    escapes: int
+    exhausted: int
+    elapsed_s: float
+
+    @property
+    def exact(self) -> bool:
+        return (self.duplicates, self.missing, self.unexpected, self.full_pushes) == (0, 0, 0, 0)
+
+
+def freelist_stress(
+    variant: str = "rseq_inject",
+    threads: int = 0,
+    ops_per_thread: int = 20_000,
+    handles: int = 1000,
+    capacity: int | None = None,
+    per_cpu: int | None = None,
+    max_batch: int = 16,
+    max_held: int = 64,
+    inject_loops: int = 0,
+    signal_interval_us: int = 0,
+) -> FreelistStressResult:
+    """Run ``threads`` pthreads popping, holding and pushing back handles.
+
+    The freelist starts with handles ``0..handles-1``; each worker pops
+    (single or batches up to ``max_batch``), holds up to ``max_held``, and
+    pushes them back (single or batches).  Afterwards every handle must be
+    in the freelist exactly once.  ``variant``: ``rseq``, ``rseq_inject``
+    (injected delay before each commit, aborts counted) or ``atomic`` (the
+    owner path only: per-CPU stop words as locks).
+    """
+    if variant not in ("rseq", "rseq_inject", "atomic"):
+        raise ValueError(f"variant must be 'rseq', 'rseq_inject' or 'atomic', got {variant!r}")
+    threads = as_int(threads, "threads") or 4 * len(os.sched_getaffinity(0))
+    if not 1 <= threads <= 4096:
+        raise ValueError(f"threads must be between 1 and 4096, got {threads}")
+    handles = as_int(handles, "handles")
+    capacity = handles if capacity is None else as_int(capacity, "capacity")
+    max_batch, max_held = as_int(max_batch, "max_batch"), as_int(max_held, "max_held")
+    if not 1 <= max_batch <= max_held <= 1 << 16:
+        raise ValueError(f"need 1 <= max_batch <= max_held <= 65536, got {max_batch}, {max_held}")
+    if not 0 <= handles <= capacity:
+        raise ValueError(f"need 0 <= handles <= capacity, got {handles}, {capacity}")
+    fl = PerCpuFreelist(capacity, per_cpu=per_cpu)
+    cfg = ffi.new("struct rseq_py_fl_stress_config *")
+    cfg.threads = threads
+    cfg.ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    cfg.variant = VARIANTS[variant]
+    cfg.inject_loops = as_int(inject_loops, "inject_loops")
+    cfg.signal_interval_us = as_int(signal_interval_us, "signal_interval_us")
+    cfg.handles = handles
+    cfg.max_batch = max_batch
+    cfg.max_held = max_held
+    res = ffi.new("struct rseq_py_fl_stress_result *")
+    err = lib.rseq_py_freelist_stress(fl._fl, cfg, res)
+    if err:
+        raise OSError(err, f"freelist stress run failed: {os.strerror(err)}")
+    return FreelistStressResult(
+        variant=variant, threads=threads, handles=handles, pops=res.pops, pushes=res.pushes,
+        empty_pops=res.empty_pops, duplicates=res.duplicates, missing=res.missing,
+        unexpected=res.unexpected, full_pushes=res.full_pushes, aborts=res.aborts,
+        signals=res.signals, escapes=res.escapes, exhausted=res.exhausted,
         elapsed_s=res.elapsed_ns / 1e9,
     )
 
