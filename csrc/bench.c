@@ -116,3 +116,91 @@ out:
     free(t);
     return err;
 }
+
+/* ---- freelist ------------------------------------------------------------- */
+
+struct fl_bench {
+    int mode;
+    uint64_t ops;
+    uint32_t batch;
+    rseq_py_freelist *fl;
+    pthread_mutex_t mutex; /* RSEQ_PY_FL_BENCH_MUTEX: guards stack/top */
+    int64_t *stack;
+    uint64_t top;
+};
+
+struct fl_bench_thread {
+    struct fl_bench *b;
+    int64_t buf[256];
+};
+
+static void *fl_bench_thread(void *arg)
+{
+    struct fl_bench_thread *t = arg;
+    struct fl_bench *b = t->b;
+    const struct rseq_py_fl_ops *ops = NULL;
+#ifndef RSEQ_PY_NO_ASM
+    if (b->mode == RSEQ_PY_FL_BENCH_RSEQ)
+        ops = &rseq_py_fl_plain_ops;
+#endif
+    for (uint64_t i = 0; i < b->ops; i++) {
+        if (b->mode == RSEQ_PY_FL_BENCH_MUTEX) {
+            pthread_mutex_lock(&b->mutex);
+            uint64_t k = b->batch < b->top ? b->batch : b->top;
+            memcpy(t->buf, b->stack + b->top - k, k * 8);
+            b->top -= k;
+            pthread_mutex_unlock(&b->mutex);
+            pthread_mutex_lock(&b->mutex);
+            memcpy(b->stack + b->top, t->buf, k * 8);
+            b->top += k;
+            pthread_mutex_unlock(&b->mutex);
+        } else {
+            uint64_t k = rseq_py_freelist_pop_many_with(b->fl, t->buf, b->batch, ops);
+            rseq_py_freelist_push_many_with(b->fl, t->buf, k, ops);
+        }
+    }
+    return NULL;
+}
+
+int rseq_py_freelist_bench(int mode, uint32_t threads, uint64_t ops_per_thread, uint32_t batch,
+                           double *ns_per_op, double *total_mops)
+{
+    if (mode < RSEQ_PY_FL_BENCH_RSEQ || mode > RSEQ_PY_FL_BENCH_MUTEX || threads == 0 ||
+        threads > 4096 || ops_per_thread == 0 || batch == 0 || batch > 256)
+        return EINVAL;
+    rseq_py_init(RSEQ_PY_REQUEST_AUTO);
+    struct fl_bench b = {.mode = mode, .ops = ops_per_thread, .batch = batch};
+    uint64_t handles = (uint64_t)threads * batch * 4;
+    int err = 0;
+    struct fl_bench_thread *t = calloc(threads, sizeof *t);
+    b.fl = rseq_py_freelist_new(handles, 0);
+    b.stack = malloc(handles * 8);
+    if (!t || !b.fl || !b.stack) {
+        err = ENOMEM;
+        goto out;
+    }
+    if (mode == RSEQ_PY_FL_BENCH_PERCPU_LOCK)
+        b.fl->sections = 0;
+    pthread_mutex_init(&b.mutex, NULL);
+    for (uint64_t h = 0; h < handles; h++)
+        b.stack[h] = (int64_t)h;
+    b.top = handles;
+    rseq_py_freelist_push_many(b.fl, b.stack, handles);
+    for (uint32_t i = 0; i < threads; i++)
+        t[i].b = &b;
+    uint64_t signals, elapsed;
+    rseq_py_run_lock();
+    err = rseq_py_run_workers(threads, fl_bench_thread, t, sizeof *t, 0, &signals, &elapsed);
+    rseq_py_run_unlock();
+    if (!err) {
+        double moved = (double)ops_per_thread * batch;
+        *ns_per_op = (double)elapsed / moved;
+        *total_mops = (double)threads * moved / (double)elapsed * 1e3;
+    }
+    pthread_mutex_destroy(&b.mutex);
+out:
+    rseq_py_freelist_free(b.fl);
+    free(b.stack);
+    free(t);
+    return err;
+}

@@ -177,10 +177,13 @@ static void reclaim_credits(rseq_py_freelist *fl)
     }
 }
 
-static int proved_full(rseq_py_freelist *fl);
+static int stable(const rseq_py_freelist *fl,
+                  int (*ok)(const rseq_py_freelist *, const uint64_t *, uint64_t), uint64_t arg);
+static int no_room_for(const rseq_py_freelist *fl, const uint64_t *c, uint64_t n);
 
 /* Push n (1 <= n <= batch) handles as the owner of the current CPU: all or
- * none.  Returns 0, or -1 when the freelist is full. */
+ * none.  Returns 0, or -1 when n more handles provably do not fit (for
+ * n == 1: the freelist held capacity handles at some instant). */
 static int push_slow(rseq_py_freelist *fl, const int64_t *src, uint64_t n)
 {
     for (;;) {
@@ -214,7 +217,7 @@ static int push_slow(rseq_py_freelist *fl, const int64_t *src, uint64_t n)
          * unless the freelist provably holds capacity handles.  Another
          * pusher may take what we reclaimed, but then it made progress. */
         reclaim_credits(fl);
-        if (load(&fl->free_credits) < n && proved_full(fl))
+        if (load(&fl->free_credits) < n && stable(fl, no_room_for, n))
             return -1;
     }
 }
@@ -241,7 +244,8 @@ static void collect(const rseq_py_freelist *fl, uint64_t *out)
 }
 
 /* Two equal collects in a row whose values pass `ok`. */
-static int stable(const rseq_py_freelist *fl, int (*ok)(const rseq_py_freelist *, const uint64_t *))
+static int stable(const rseq_py_freelist *fl,
+                  int (*ok)(const rseq_py_freelist *, const uint64_t *, uint64_t), uint64_t arg)
 {
     size_t words = COLLECT_WORDS(fl->g.nslots);
     uint64_t small[2 * COLLECT_WORDS(SMALL_SLOTS)];
@@ -250,7 +254,7 @@ static int stable(const rseq_py_freelist *fl, int (*ok)(const rseq_py_freelist *
         abort(); /* a few bytes: nothing sensible to do without them */
     uint64_t *b = a + words;
     collect(fl, a);
-    int r = ok(fl, a);
+    int r = ok(fl, a, arg);
     if (r) {
         collect(fl, b);
         r = memcmp(a, b, words * sizeof(uint64_t)) == 0;
@@ -260,25 +264,30 @@ static int stable(const rseq_py_freelist *fl, int (*ok)(const rseq_py_freelist *
     return r;
 }
 
-/* Every credit held by a handle, no slow path mid-move: full. */
-static int all_full(const rseq_py_freelist *fl, const uint64_t *c)
+/* Fewer than n credits not held by a handle, no slow path mid-move:
+ * n more handles do not fit (n == 1: full). */
+static int no_room_for(const rseq_py_freelist *fl, const uint64_t *c, uint64_t n)
 {
-    for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++, c += 3)
-        if (c[1] != COUNT(c[0]) || c[2] != 0)
+    uint64_t spare = 0;
+    for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++, c += 3) {
+        if (c[2] != 0)
             return 0;
-    return c[2] == 0; /* free_credits */
+        spare += c[1] - COUNT(c[0]);
+    }
+    return spare + c[2] < n; /* c[2]: free_credits */
 }
 
 /* No handle on any stack or in the pool, no slow path mid-move: empty. */
-static int all_empty(const rseq_py_freelist *fl, const uint64_t *c)
+static int all_empty(const rseq_py_freelist *fl, const uint64_t *c, uint64_t unused)
 {
+    (void)unused;
     for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++, c += 3)
         if (COUNT(c[0]) != 0 || c[2] != 0)
             return 0;
     return c[0] == 0; /* pool_count */
 }
 
-static int proved_full(rseq_py_freelist *fl) { return stable(fl, all_full); }
+
 
 /* Take up to n handles as an owner: from this CPU, else from the pool,
  * else stolen from other CPUs.  Returns how many; 0 only after proving
@@ -335,7 +344,7 @@ static uint64_t pop_slow(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
         }
 
         /* 3. Nothing anywhere, as far as one pass saw: prove it or retry. */
-        if (stable(fl, all_empty))
+        if (stable(fl, all_empty, 0))
             return 0;
     }
 }
@@ -426,9 +435,16 @@ push_many_impl(rseq_py_freelist *fl, const int64_t *src, uint64_t n, const struc
             }
             note(r);
         }
-        if (push_slow(fl, src + done, chunk) != 0)
+        if (push_slow(fl, src + done, chunk) == 0) {
+            done += chunk;
+            continue;
+        }
+        /* The chunk does not fit whole: push what fits, one by one. */
+        uint64_t end = done + chunk;
+        while (done < end && push_slow(fl, src + done, 1) == 0)
+            done++;
+        if (done < end)
             break;
-        done += chunk;
     }
     return done;
 }

@@ -206,6 +206,19 @@ enum rseq_py_bench_mode {
 int rseq_py_counter_bench(int mode, uint32_t threads, uint64_t ops_per_thread,
                           double *ns_per_op, double *total_mops);
 
+enum rseq_py_fl_bench_mode {
+    RSEQ_PY_FL_BENCH_RSEQ = 0,    /* this library's freelist, rseq sections */
+    RSEQ_PY_FL_BENCH_PERCPU_LOCK = 1, /* the same freelist on its owner path:
+                                         per-CPU spinlocks (the fallback) */
+    RSEQ_PY_FL_BENCH_MUTEX = 2    /* one array stack under a pthread mutex */
+};
+
+/* Each thread does ops_per_thread pop+push pairs (batch == 1) or
+ * pop_many+push_many of `batch` handles; ns per handle moved per thread,
+ * and total handle pairs per second in millions. */
+int rseq_py_freelist_bench(int mode, uint32_t threads, uint64_t ops_per_thread, uint32_t batch,
+                           double *ns_per_op, double *total_mops);
+
 /* end of binding */
 
 #ifdef __cplusplus

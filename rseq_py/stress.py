@@ -15,13 +15,20 @@ from .counter import PerCpuCounter
 from .freelist import PerCpuFreelist
 
 __all__ = ["StressResult", "FreelistStressResult", "counter_stress", "freelist_stress",
-           "counter_bench", "VARIANTS", "BENCH_MODES"]
+           "counter_bench", "freelist_bench", "VARIANTS", "BENCH_MODES",
+           "FREELIST_BENCH_MODES"]
 
 VARIANTS = {
     "rseq": lib.RSEQ_PY_VARIANT_RSEQ,
     "rseq_inject": lib.RSEQ_PY_VARIANT_RSEQ_INJECT,
     "atomic": lib.RSEQ_PY_VARIANT_ATOMIC,
     "unprotected": lib.RSEQ_PY_VARIANT_UNPROTECTED,
+}
+
+FREELIST_BENCH_MODES = {
+    "rseq": lib.RSEQ_PY_FL_BENCH_RSEQ,
+    "percpu_lock": lib.RSEQ_PY_FL_BENCH_PERCPU_LOCK,
+    "mutex": lib.RSEQ_PY_FL_BENCH_MUTEX,
 }
 
 BENCH_MODES = {
@@ -231,6 +238,36 @@ def counter_bench(mode: str, threads: int = 1, ops_per_thread: int = 2_000_000) 
     ns = ffi.new("double *")
     mops = ffi.new("double *")
     err = lib.rseq_py_counter_bench(BENCH_MODES[mode], threads, ops_per_thread, ns, mops)
+    if err:
+        raise OSError(err, f"benchmark failed: {os.strerror(err)}")
+    return BenchResult(mode=mode, threads=threads, ns_per_op=ns[0], total_mops=mops[0])
+
+
+def freelist_bench(mode: str, threads: int = 1, ops_per_thread: int = 1_000_000,
+                   batch: int = 1) -> BenchResult:
+    """Time ``threads`` pthreads each doing ``ops_per_thread`` pop+push pairs
+    (``batch`` handles at a time) on one freelist.
+
+    Modes: ``rseq`` (this library), ``percpu_lock`` (the same freelist on its
+    fallback path: per-CPU spinlocks), ``mutex`` (one array stack under a
+    pthread mutex).  ``ns_per_op`` is per handle moved (a pop and a push)
+    per thread; ``total_mops`` counts handle pairs of all threads.
+    """
+    if mode not in FREELIST_BENCH_MODES:
+        raise ValueError(f"mode must be one of {sorted(FREELIST_BENCH_MODES)}, got {mode!r}")
+    threads = as_int(threads, "threads")
+    ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    batch = as_int(batch, "batch")
+    if not 1 <= threads <= 4096:
+        raise ValueError(f"threads must be between 1 and 4096, got {threads}")
+    if not 1 <= ops_per_thread < 1 << 40:
+        raise ValueError(f"ops_per_thread must be between 1 and 2**40-1, got {ops_per_thread}")
+    if not 1 <= batch <= 256:
+        raise ValueError(f"batch must be between 1 and 256, got {batch}")
+    ns = ffi.new("double *")
+    mops = ffi.new("double *")
+    err = lib.rseq_py_freelist_bench(FREELIST_BENCH_MODES[mode], threads, ops_per_thread, batch,
+                                     ns, mops)
     if err:
         raise OSError(err, f"benchmark failed: {os.strerror(err)}")
     return BenchResult(mode=mode, threads=threads, ns_per_op=ns[0], total_mops=mops[0])

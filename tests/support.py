@@ -28,8 +28,8 @@ def oversubscribed_threads() -> int:
     return 4 * len(allowed_cpus())
 
 
-def stress_until_aborts(budget_s: float = 60.0, **kw):
-    """counter_stress(**kw) repeated until the kernel has aborted at least one
+def stress_until_aborts(budget_s: float = 60.0, driver=None, **kw):
+    """counter_stress(**kw) (or driver(**kw)) repeated until the kernel has aborted at least one
     section (or the budget runs out); every run must be exact on its own.
 
     Whether a preemption or signal lands inside a section is a matter of
@@ -42,8 +42,8 @@ def stress_until_aborts(budget_s: float = 60.0, **kw):
     deadline = time.monotonic() + budget_s
     runs = []
     while True:
-        r = counter_stress(**kw)
-        assert r.observed == r.expected, r
+        r = (driver or counter_stress)(**kw)
+        assert r.exact, r
         runs.append(r)
         if r.aborts > 0 or rseq_py.info().backend != "rseq" or time.monotonic() > deadline:
             return runs

@@ -165,7 +165,7 @@ FUNCTION(rseq_py_fl_push_many)
 
 /* int rseq_py_fl_pop_many(struct rseq *area [rdi], const struct rseq_py_fl_geom *g [rsi],
  *                         int64_t *dst [rdx], uint64_t n [rcx], uint64_t *npopped [r8]),
- * n >= 1; pops min(n, count), top first. */
+ * n >= 1; pops m = min(n, count) into dst in stack order (dst[m-1] was the top). */
 FUNCTION(rseq_py_fl_pop_many)
 	.cfi_startproc
 	PROLOGUE(.Lcs_popm, .Lpopm)
