@@ -44,11 +44,12 @@ def table(data: dict) -> str:
     for g in sorted(groups, key=group_key):
         rows = [(b["extra_info"]["impl"], ns_per_op(b), b["extra_info"].get("reference")) for b in groups[g]]
         ref = next((ns for _, ns, r in rows if r), None)
+        w = max(36, *(len(impl) + 2 for impl, _, _ in rows))
         out.append(f"\n{g}")
-        out.append(f"  {'impl':<36} {'ns/op':>10} {'Mops/s':>9} {'x ours':>8}")
+        out.append(f"  {'impl':<{w}} {'ns/op':>10} {'Mops/s':>9} {'x ours':>8}")
         for impl, ns, r in sorted(rows, key=lambda row: row[1]):
             ratio = f"{ns / ref:8.2f}" if ref else "       -"
-            out.append(f"  {impl + (' *' if r else ''):<36} {ns:10.1f} {1e3 / ns:9.2f} {ratio}")
+            out.append(f"  {impl + (' *' if r else ''):<{w}} {ns:10.1f} {1e3 / ns:9.2f} {ratio}")
     out.append("\n* = ours, the reference of its group")
     return "\n".join(out)
 

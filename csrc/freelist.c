@@ -63,9 +63,15 @@ static inline struct block *block(const rseq_py_freelist *fl, uint32_t cpu)
 static inline uint64_t load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
+/* Who owns a stop word: the thread id + 1 (never 0), cached because the
+ * owner path runs on every operation of the fallback backend. */
+static __thread uint64_t token;
+
 static uint64_t self_token(void)
 {
-    return (uint64_t)syscall(SYS_gettid) + 1; /* never 0 */
+    if (UNLIKELY(token == 0))
+        token = (uint64_t)syscall(SYS_gettid) + 1;
+    return token;
 }
 
 /* ---- ownership ---------------------------------------------------------- */

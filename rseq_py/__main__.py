@@ -12,7 +12,7 @@ import time
 from typing import List, Optional
 
 import rseq_py
-from rseq_py.stress import counter_bench, counter_stress
+from rseq_py.stress import counter_bench, counter_stress, freelist_bench, freelist_stress
 
 
 def cmd_info(as_json: bool) -> None:
@@ -55,6 +55,13 @@ def cmd_demo() -> None:
     print(f"  expected={r.expected} observed={r.observed} exact={r.exact} "
           f"aborts={r.aborts} (sections the kernel restarted) signals={r.signals}")
 
+    print(f"\nFreelist stress: {nthreads} pthreads popping, holding and pushing back 100 handles"
+          " (tiny stacks, injected delays, signals):")
+    f = freelist_stress("rseq_inject", threads=nthreads, ops_per_thread=50_000, handles=100,
+                        per_cpu=8, inject_loops=200, signal_interval_us=50)
+    print(f"  pops={f.pops} duplicates={f.duplicates} missing={f.missing} exact={f.exact} "
+          f"aborts={f.aborts}")
+
     print("\nC-level threaded benchmark (ns per op per thread; Mops/s all threads):")
     modes = ["rseq", "percpu_atomic", "shared_atomic", "mutex"]
     counts = sorted({1, ncpu})
@@ -65,7 +72,14 @@ def cmd_demo() -> None:
             b = counter_bench(mode, n, 2_000_000)
             cells.append(f"{b.ns_per_op:8.2f} ns {b.total_mops:7.1f} M/s")
         print(f"  {mode:15}" + "".join(f"{cell:>22}" for cell in cells))
-    ok = c.value() == nthreads * ops and r.exact
+    print("\nC-level freelist pop+push pairs (ns per handle per thread; M pairs/s all threads):")
+    for mode in ["rseq", "percpu_lock", "mutex"]:
+        cells = []
+        for n in counts:
+            b = freelist_bench(mode, n, 1_000_000)
+            cells.append(f"{b.ns_per_op:8.2f} ns {b.total_mops:7.1f} M/s")
+        print(f"  {mode:15}" + "".join(f"{cell:>22}" for cell in cells))
+    ok = c.value() == nthreads * ops and r.exact and f.exact
     print(f"\nbackend={rseq_py.info().backend}: {'all totals exact' if ok else 'TOTALS WRONG'}")
     if not ok:
         sys.exit(1)
