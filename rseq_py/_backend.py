@@ -10,10 +10,19 @@ The backend is decided once per process, at import, from ``RSEQ_PY_BACKEND``:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Type, TypeVar
 
 from ._native import ffi, lib
+
+T = TypeVar("T")
+
+
+def from_struct(cls: Type[T], raw: Any, **given: Any) -> T:
+    """A dataclass from the same-named fields of a C struct, plus ``given``."""
+    names = [f.name for f in fields(cls) if f.name not in given]  # type: ignore[arg-type]
+    return cls(**{n: getattr(raw, n) for n in names}, **given)
+
 
 _REQUESTS = {
     "": lib.RSEQ_PY_REQUEST_AUTO,
@@ -124,15 +133,7 @@ def stats() -> Stats:
     """Snapshot the process-wide counts kept on the slow paths."""
     raw = ffi.new("struct rseq_py_stats *")
     lib.rseq_py_get_stats(raw)
-    return Stats(
-        escapes=raw.escapes,
-        exhausted=raw.exhausted,
-        slow_path_adds=raw.slow_path_adds,
-        self_registrations=raw.self_registrations,
-        self_unregistrations=raw.self_unregistrations,
-        self_registration_failures=raw.self_registration_failures,
-        self_registrations_live=raw.self_registrations_live,
-    )
+    return from_struct(Stats, raw)
 
 
 def current_cpu() -> int:

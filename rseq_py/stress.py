@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ._backend import from_struct
 from ._checks import as_int
 from ._native import ffi, lib
 from .counter import PerCpuCounter
@@ -110,17 +111,8 @@ def counter_stress(
     err = lib.rseq_py_counter_stress(c._c, cfg, res)
     if err:
         raise OSError(err, f"stress run failed: {os.strerror(err)}")
-    return StressResult(
-        variant=variant,
-        threads=threads,
-        expected=res.expected,
-        observed=res.observed,
-        aborts=res.aborts,
-        signals=res.signals,
-        escapes=res.escapes,
-        exhausted=res.exhausted,
-        elapsed_s=res.elapsed_ns / 1e9,
-    )
+    return from_struct(StressResult, res, variant=variant, threads=threads,
+                       elapsed_s=res.elapsed_ns / 1e9)
 
 
 @dataclass(frozen=True)
@@ -201,13 +193,8 @@ def freelist_stress(
     err = lib.rseq_py_freelist_stress(fl._fl, cfg, res)
     if err:
         raise OSError(err, f"freelist stress run failed: {os.strerror(err)}")
-    return FreelistStressResult(
-        variant=variant, threads=threads, handles=handles, pops=res.pops, pushes=res.pushes,
-        empty_pops=res.empty_pops, duplicates=res.duplicates, missing=res.missing,
-        unexpected=res.unexpected, full_pushes=res.full_pushes, aborts=res.aborts,
-        signals=res.signals, escapes=res.escapes, exhausted=res.exhausted,
-        elapsed_s=res.elapsed_ns / 1e9,
-    )
+    return from_struct(FreelistStressResult, res, variant=variant, threads=threads,
+                       handles=handles, elapsed_s=res.elapsed_ns / 1e9)
 
 
 @dataclass(frozen=True)
