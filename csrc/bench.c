@@ -192,6 +192,19 @@ int rseq_py_freelist_bench(int mode, uint32_t threads, uint64_t ops_per_thread, 
     rseq_py_run_lock();
     err = rseq_py_run_workers(threads, fl_bench_thread, t, sizeof *t, 0, &signals, &elapsed);
     rseq_py_run_unlock();
+    /* Every handle must still be there, exactly once. */
+    if (!err && mode != RSEQ_PY_FL_BENCH_MUTEX) {
+        uint64_t n = rseq_py_freelist_drain(b.fl, b.stack);
+        uint8_t *seen = calloc(handles, 1);
+        if (seen == NULL)
+            err = ENOMEM;
+        for (uint64_t i = 0; !err && i < n; i++)
+            if (b.stack[i] < 0 || (uint64_t)b.stack[i] >= handles || seen[b.stack[i]]++)
+                err = EIO;
+        if (!err && n != handles)
+            err = EIO;
+        free(seen);
+    }
     if (!err) {
         double moved = (double)ops_per_thread * batch;
         *ns_per_op = (double)elapsed / moved;

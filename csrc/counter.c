@@ -26,28 +26,74 @@ static inline int64_t *slot(int64_t *base, uint64_t stride, uint32_t cpu, uint32
     return (int64_t *)((char *)base + (uint64_t)cpu * stride) + index;
 }
 
+HIDDEN uint64_t rseq_py_counter_stride(uint32_t ncounters)
+{
+    return ((uint64_t)ncounters * 8 + CPU_BLOCK - 1) / CPU_BLOCK * CPU_BLOCK;
+}
+
+/* A descriptor over slots at `slots` (2 * stride * nslots bytes). */
+static rseq_py_counter *describe(void *slots, uint32_t ncounters)
+{
+    rseq_py_counter *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->stride = rseq_py_counter_stride(ncounters);
+    c->ncounters = ncounters;
+    c->nslots = rseq_py_nslots;
+    c->rseq_slots = slots;
+    c->atomic_slots = (int64_t *)((char *)slots + c->stride * rseq_py_nslots);
+    return c;
+}
+
 rseq_py_counter *rseq_py_counter_new(uint32_t ncounters)
 {
     if (ncounters == 0 || ncounters > RSEQ_PY_COUNTER_MAX)
         return NULL;
     rseq_py_init(RSEQ_PY_REQUEST_AUTO); /* no-op once decided */
-    rseq_py_counter *c = calloc(1, sizeof *c);
+    uint64_t bytes = 2 * rseq_py_counter_stride(ncounters) * rseq_py_nslots;
+    void *mem = aligned_alloc(CPU_BLOCK, bytes);
+    if (mem == NULL)
+        return NULL;
+    memset(mem, 0, bytes);
+    rseq_py_counter *c = describe(mem, ncounters);
     if (c == NULL)
-        return NULL;
-    uint64_t stride = ((uint64_t)ncounters * 8 + CPU_BLOCK - 1) / CPU_BLOCK * CPU_BLOCK;
-    uint64_t bytes = 2 * stride * rseq_py_nslots;
-    c->mem = aligned_alloc(CPU_BLOCK, bytes);
-    if (c->mem == NULL) {
-        free(c);
-        return NULL;
-    }
-    memset(c->mem, 0, bytes);
-    c->stride = stride;
-    c->ncounters = ncounters;
-    c->nslots = rseq_py_nslots;
-    c->rseq_slots = c->mem;
-    c->atomic_slots = (int64_t *)((char *)c->mem + stride * rseq_py_nslots);
+        free(mem);
+    else
+        c->mem = mem;
     return c;
+}
+
+/* Shared layout: the segment header (one CPU block), then the slots. */
+uint64_t rseq_py_counter_shared_size(uint32_t ncounters)
+{
+    if (ncounters == 0 || ncounters > RSEQ_PY_COUNTER_MAX)
+        return 0;
+    rseq_py_init(RSEQ_PY_REQUEST_AUTO);
+    return RSEQ_PY_SEGMENT_HEADER + 2 * rseq_py_counter_stride(ncounters) * rseq_py_nslots;
+}
+
+rseq_py_counter *rseq_py_counter_create_at(void *mem, uint64_t size, uint32_t ncounters)
+{
+    uint64_t need = rseq_py_counter_shared_size(ncounters);
+    if (need == 0 || size < need || ((uintptr_t)mem % CPU_BLOCK) != 0)
+        return NULL;
+    struct rseq_py_segment_header *h = mem;
+    rseq_py_segment_init(h, RSEQ_PY_KIND_COUNTER, need);
+    h->geometry[0] = ncounters;
+    h->geometry[1] = rseq_py_counter_stride(ncounters);
+    rseq_py_counter *c = describe((char *)mem + RSEQ_PY_SEGMENT_HEADER, ncounters);
+    if (c != NULL)
+        rseq_py_segment_ready(h);
+    return c;
+}
+
+rseq_py_counter *rseq_py_counter_attach_at(void *mem, uint64_t size)
+{
+    char why[8];
+    if (rseq_py_segment_check(mem, size, RSEQ_PY_KIND_COUNTER, why, sizeof why) != RSEQ_PY_SEG_OK)
+        return NULL;
+    const struct rseq_py_segment_header *h = mem;
+    return describe((char *)mem + RSEQ_PY_SEGMENT_HEADER, (uint32_t)h->geometry[0]);
 }
 
 void rseq_py_counter_free(rseq_py_counter *c)

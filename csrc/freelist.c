@@ -513,6 +513,17 @@ int rseq_py_freelist_pop(rseq_py_freelist *fl, int64_t *out)
     return pop_many_impl(fl, out, 1, PLAIN) == 1 ? 0 : -1;
 }
 
+static __thread int was_empty;
+
+int64_t rseq_py_freelist_pop_value(rseq_py_freelist *fl)
+{
+    int64_t h;
+    was_empty = pop_many_impl(fl, &h, 1, PLAIN) != 1;
+    return was_empty ? INT64_MIN : h;
+}
+
+int rseq_py_freelist_was_empty(void) { return was_empty; }
+
 uint64_t rseq_py_freelist_push_many(rseq_py_freelist *fl, const int64_t *src, uint64_t n)
 {
     return push_many_impl(fl, src, n, PLAIN);

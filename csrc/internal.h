@@ -169,8 +169,15 @@ struct rseq_py_counter {
     uint64_t stride;     /* bytes between two CPUs' slots: a multiple of 128 */
     uint32_t ncounters;
     uint32_t nslots;
-    void *mem;
+    void *mem;           /* what to free: NULL for a shared segment's counter */
 };
+
+/* ---- segment.c ------------------------------------------------------------ */
+
+HIDDEN void rseq_py_segment_init(struct rseq_py_segment_header *h, uint32_t kind, uint64_t size);
+HIDDEN void rseq_py_segment_ready(struct rseq_py_segment_header *h);
+
+HIDDEN uint64_t rseq_py_counter_stride(uint32_t ncounters);
 
 /* add with an explicit section (NULL: the atomic path only). */
 HIDDEN int rseq_py_counter_add_with(rseq_py_counter *c, uint32_t index, int64_t delta,

@@ -102,6 +102,55 @@ void rseq_py_counter_per_cpu(const rseq_py_counter *c, uint32_t index, int64_t *
  * in the counter, never lost and never counted twice. */
 int64_t rseq_py_counter_reset(rseq_py_counter *c, uint32_t index);
 
+/* ---- shared segments ------------------------------------------------ */
+
+/* Every shared segment starts with this header (128 bytes).  Attaching
+ * checks all of it; nothing in a segment is trusted before that. */
+#define RSEQ_PY_SEGMENT_MAGIC 5139549801255621458 /* "RSEQPYSG" little-endian */
+#define RSEQ_PY_SEGMENT_VERSION 1
+#define RSEQ_PY_SEGMENT_READY 1497646418 /* "REDY" */
+#define RSEQ_PY_SEGMENT_HEADER 128
+
+enum rseq_py_segment_kind { RSEQ_PY_KIND_COUNTER = 1, RSEQ_PY_KIND_FREELIST = 2 };
+enum rseq_py_arch { RSEQ_PY_ARCH_OTHER = 0, RSEQ_PY_ARCH_X86_64 = 1, RSEQ_PY_ARCH_AARCH64 = 2 };
+
+struct rseq_py_segment_header {
+    uint64_t magic;        /* RSEQ_PY_SEGMENT_MAGIC */
+    uint32_t version;      /* RSEQ_PY_SEGMENT_VERSION */
+    uint32_t kind;         /* enum rseq_py_segment_kind */
+    uint32_t arch;         /* RSEQ_PY_ARCH_* of the creator */
+    uint32_t word_size;    /* 8 */
+    uint32_t cpu_slots;    /* per-CPU slots (possible CPUs) */
+    uint32_t ready;        /* RSEQ_PY_SEGMENT_READY once fully initialised */
+    uint64_t total_size;   /* bytes of the whole segment */
+    uint64_t geometry[4];  /* counter: ncounters, stride */
+    uint64_t reserved[7];
+};
+
+enum rseq_py_segment_error {
+    RSEQ_PY_SEG_OK = 0,
+    RSEQ_PY_SEG_TRUNCATED = 1,  /* smaller than its header or its geometry */
+    RSEQ_PY_SEG_FOREIGN = 2,    /* no rseq_py magic: not one of ours */
+    RSEQ_PY_SEG_VERSION = 3,
+    RSEQ_PY_SEG_KIND = 4,
+    RSEQ_PY_SEG_ARCH = 5,
+    RSEQ_PY_SEG_WORD_SIZE = 6,
+    RSEQ_PY_SEG_CPU_SLOTS = 7,
+    RSEQ_PY_SEG_INCOMPLETE = 8, /* its creator has not finished (or died) */
+    RSEQ_PY_SEG_GEOMETRY = 9    /* geometry inconsistent with its size */
+};
+
+/* Checks the header of a mapped segment of `size` bytes for `kind`;
+ * writes the reason into why[whylen] on failure. */
+int rseq_py_segment_check(const void *mem, uint64_t size, uint32_t kind, char *why, uint64_t whylen);
+
+/* Bytes a shared counter of ncounters needs (0 if ncounters is bad). */
+uint64_t rseq_py_counter_shared_size(uint32_t ncounters);
+/* Lay out a new shared counter in zeroed mem (>= shared_size bytes). */
+rseq_py_counter *rseq_py_counter_create_at(void *mem, uint64_t size, uint32_t ncounters);
+/* A counter over a segment that rseq_py_segment_check accepted. */
+rseq_py_counter *rseq_py_counter_attach_at(void *mem, uint64_t size);
+
 /* ---- per-CPU freelists ----------------------------------------------- */
 
 typedef struct rseq_py_freelist rseq_py_freelist;
@@ -122,6 +171,11 @@ int rseq_py_freelist_push(rseq_py_freelist *fl, int64_t handle);
 /* 0 with *out set, or -1 when the freelist held nothing at some instant
  * during the call. */
 int rseq_py_freelist_pop(rseq_py_freelist *fl, int64_t *out);
+/* pop without an out-parameter (cheaper to call from Python): the handle,
+ * or INT64_MIN with *this thread's* rseq_py_freelist_was_empty() set to 1
+ * when it ran empty (INT64_MIN is also a valid handle: check the flag). */
+int64_t rseq_py_freelist_pop_value(rseq_py_freelist *fl);
+int rseq_py_freelist_was_empty(void);
 /* Pushes src[0..n) in order; returns how many (fewer than n only when full). */
 uint64_t rseq_py_freelist_push_many(rseq_py_freelist *fl, const int64_t *src, uint64_t n);
 /* Pops up to n into dst; fewer only when it ran empty (as for pop). */

@@ -13,6 +13,7 @@ signal): no lock and no atomic instruction on the fast path.
 """
 
 from ._backend import Info, Stats, current_cpu, current_mm_cid, current_numa_node, info, stats
+from ._segment import SegmentError
 from .counter import PerCpuCounter
 from .freelist import FreelistFull, PerCpuFreelist
 
@@ -23,6 +24,7 @@ __all__ = [
     "Info",
     "PerCpuCounter",
     "PerCpuFreelist",
+    "SegmentError",
     "Stats",
     "current_cpu",
     "current_mm_cid",

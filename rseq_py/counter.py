@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Union, overload
+from typing import Any, List, Optional, Union, overload
 
+from . import _segment
 from ._checks import INT64_MAX, INT64_MIN, as_index, as_int, as_int64
 from ._native import ffi, lib
 
@@ -42,6 +43,16 @@ class PerCpuCounter:
       not care how the parts wrapped, ``value()`` is exact whenever the true
       total lies in ``[-2**63, 2**63 - 1]``; beyond that it wraps.
 
+    **Shared between processes**: :meth:`create` makes a counter in a named
+    shared-memory segment that other processes :meth:`attach` to (or receive
+    by pickling: a shared counter pickles as its name and re-attaches in the
+    other process).  Slots are indexed by CPU, not by process, so the same
+    guarantees hold across processes, and a process killed at any instant
+    leaves the counter consistent: a section that did not commit changed
+    nothing.  The segment lives until :meth:`unlink` (like any POSIX shared
+    memory): the creator owns the name and unlinks it when done;
+    :meth:`close` only unmaps it from this process.
+
     Args:
         size: number of independent counters, 1 to 1,048,576.
 
@@ -50,19 +61,124 @@ class PerCpuCounter:
         ValueError: ``size`` is out of range.
     """
 
-    __slots__ = ("_c", "_size", "__weakref__")
+    __slots__ = ("_c", "_size", "_name", "_mm", "__weakref__")
 
     MAX_SIZE = lib.RSEQ_PY_COUNTER_MAX
 
     def __init__(self, size: int = 1) -> None:
-        size = as_int(size, "size")
-        if not 1 <= size <= self.MAX_SIZE:
-            raise ValueError(f"size must be between 1 and {self.MAX_SIZE}, got {size}")
+        size = self._check_size(size)
         c = lib.rseq_py_counter_new(size)
         if c == ffi.NULL:
             raise MemoryError(f"cannot allocate a PerCpuCounter of size {size}")
-        self._c = ffi.gc(c, lib.rseq_py_counter_free)
+        self._c: Any = ffi.gc(c, lib.rseq_py_counter_free)
         self._size = size
+        self._name: Optional[str] = None
+        self._mm: Any = None
+
+    @classmethod
+    def _check_size(cls, size: object) -> int:
+        size = as_int(size, "size")
+        if not 1 <= size <= cls.MAX_SIZE:
+            raise ValueError(f"size must be between 1 and {cls.MAX_SIZE}, got {size}")
+        return size
+
+    @classmethod
+    def _over(cls, c: Any, name: str, mm: Any, buf: Any) -> "PerCpuCounter":
+        self = cls.__new__(cls)
+        # The descriptor keeps the mapping's buffer alive: the memory cannot
+        # be unmapped while any thread still holds the descriptor.
+        self._c = ffi.gc(c, lambda p, _buf=buf: lib.rseq_py_counter_free(p))
+        self._size = int(lib.rseq_py_counter_size(c))
+        self._name = name
+        self._mm = mm
+        return self
+
+    @classmethod
+    def create(cls, name: str, size: int = 1) -> "PerCpuCounter":
+        """Create a counter in a new shared segment called ``name``.
+
+        Raises:
+            FileExistsError: the name is taken (attach to it, or unlink it).
+            TypeError, ValueError: bad ``name`` or ``size``.
+        """
+        size = cls._check_size(size)
+        _segment.path_of(name)
+        nbytes = lib.rseq_py_counter_shared_size(size)
+        mm, buf = _segment.create(name, nbytes)
+        c = lib.rseq_py_counter_create_at(buf, nbytes, size)
+        if c == ffi.NULL:  # pragma: no cover - only on out of memory
+            _segment.unlink(name)
+            raise MemoryError(f"cannot lay out shared counter {name!r}")
+        return cls._over(c, name, mm, buf)
+
+    @classmethod
+    def attach(cls, name: str) -> "PerCpuCounter":
+        """Attach to the shared counter ``name`` (created by any process).
+
+        Raises:
+            FileNotFoundError: no segment has that name.
+            SegmentError: the segment is not a usable counter (foreign,
+                truncated, incomplete, a freelist, another layout version,
+                architecture or CPU count); the message says which.
+        """
+        mm, buf = _segment.attach(name, lib.RSEQ_PY_KIND_COUNTER, "PerCpuCounter")
+        c = lib.rseq_py_counter_attach_at(buf, len(mm))
+        if c == ffi.NULL:  # pragma: no cover - only on out of memory
+            raise MemoryError(f"cannot attach shared counter {name!r}")
+        return cls._over(c, name, mm, buf)
+
+    @property
+    def name(self) -> Optional[str]:
+        """The shared segment's name, or ``None`` for a private counter."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._c is None
+
+    def close(self) -> None:
+        """Unmap this process's view of a shared counter (no-op if private or closed).
+
+        Other processes and the name are unaffected.  Using the object
+        afterwards raises ``ValueError``.  Call it when no other thread of this
+        process is using the object: a thread still inside an operation
+        keeps the memory mapped until it returns.
+        """
+        if self._name is None or self._c is None:
+            return
+        self._c = None
+        mm, self._mm = self._mm, None
+        try:
+            mm.close()
+        except BufferError:  # another thread still holds it: unmapped when it lets go
+            pass
+
+    def unlink(self) -> None:
+        """Remove the shared segment's name; mapped views keep working.
+
+        Raises:
+            TypeError: a private counter has no name.
+            FileNotFoundError: already unlinked.
+        """
+        if self._name is None:
+            raise TypeError("a private PerCpuCounter has no shared segment to unlink")
+        _segment.unlink(self._name)
+
+    def __enter__(self) -> "PerCpuCounter":
+        self._live()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _live(self) -> Any:
+        if self._c is None:
+            raise ValueError(f"PerCpuCounter {self._name!r} is closed")
+        return self._c
+
+    def _closed_or(self, err: TypeError) -> None:
+        self._live()
+        raise err
 
     @property
     def size(self) -> int:
@@ -89,13 +205,19 @@ class PerCpuCounter:
             delta = as_int64(delta, "delta")
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        _add(self._c, index, delta)
+        try:
+            _add(self._c, index, delta)
+        except TypeError as e:  # None after close(): free on the fast path
+            self._closed_or(e)
 
     def inc(self, index: int = 0) -> None:
         """Add 1 to counter ``index``.  Raises like :meth:`add`."""
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        _add(self._c, index, 1)
+        try:
+            _add(self._c, index, 1)
+        except TypeError as e:
+            self._closed_or(e)
 
     def sub(self, delta: int, index: int = 0) -> None:
         """Subtract ``delta``: the same as ``add(-delta, index)``, so ``-delta`` must fit int64.
@@ -110,12 +232,13 @@ class PerCpuCounter:
     def value(self, index: int = 0) -> int:
         """The sum of counter ``index`` over all CPUs (see the class's guarantees)."""
         index = as_index(index, self._size)
-        return int(lib.rseq_py_counter_value(self._c, index))
+        return int(lib.rseq_py_counter_value(self._live(), index))
 
     def values(self) -> List[int]:
         """Every counter's sum, as a list of ``size`` ints."""
+        c = self._live()
         out = ffi.new("int64_t[]", self._size)
-        lib.rseq_py_counter_values(self._c, out)
+        lib.rseq_py_counter_values(c, out)
         return list(out)
 
     def per_cpu(self, index: int = 0) -> List[int]:
@@ -125,8 +248,9 @@ class PerCpuCounter:
         from it); entries sum to :meth:`value`.
         """
         index = as_index(index, self._size)
-        out = ffi.new("int64_t[]", lib.rseq_py_counter_cpu_slots(self._c))
-        lib.rseq_py_counter_per_cpu(self._c, index, out)
+        c = self._live()
+        out = ffi.new("int64_t[]", lib.rseq_py_counter_cpu_slots(c))
+        lib.rseq_py_counter_per_cpu(c, index, out)
         return list(out)
 
     @overload
@@ -145,17 +269,23 @@ class PerCpuCounter:
         them (one may return a negative share); their results and the
         remaining value still add up to the exact total.
         """
+        c = self._live()
         if index is None:
-            return [int(lib.rseq_py_counter_reset(self._c, i)) for i in range(self._size)]
+            return [int(lib.rseq_py_counter_reset(c, i)) for i in range(self._size)]
         index = as_index(index, self._size)
-        return int(lib.rseq_py_counter_reset(self._c, index))
+        return int(lib.rseq_py_counter_reset(c, index))
 
     def __repr__(self) -> str:
+        where = "" if self._name is None else f"name={self._name!r}, "
+        if self._c is None:
+            return f"PerCpuCounter({where}size={self._size}, closed)"
         vals = self.values()
         shown = ", ".join(map(str, vals[:8])) + (", ..." if len(vals) > 8 else "")
-        return f"PerCpuCounter(size={self._size}, values=[{shown}])"
+        return f"PerCpuCounter({where}size={self._size}, values=[{shown}])"
 
     def __reduce__(self) -> object:
-        raise TypeError(
-            "a PerCpuCounter lives in this process's private memory and cannot be pickled"
-        )
+        if self._name is None:
+            raise TypeError(
+                "a PerCpuCounter lives in this process's private memory and cannot be pickled; "
+                "use PerCpuCounter.create(name) to share one between processes")
+        return (PerCpuCounter.attach, (self._name,))

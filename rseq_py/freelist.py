@@ -9,6 +9,10 @@ from ._native import ffi, lib
 
 __all__ = ["FreelistFull", "PerCpuFreelist"]
 
+_pop_value = lib.rseq_py_freelist_pop_value
+_was_empty = lib.rseq_py_freelist_was_empty
+_push = lib.rseq_py_freelist_push
+
 
 class FreelistFull(Exception):
     """A push found the freelist already holding ``capacity`` handles.
@@ -104,17 +108,17 @@ class PerCpuFreelist:
         """
         if type(handle) is not int or not INT64_MIN <= handle <= INT64_MAX:
             handle = as_int64(handle, "handle")
-        if lib.rseq_py_freelist_push(self._fl, handle) != 0:
+        if _push(self._fl, handle) != 0:
             raise FreelistFull(
                 f"freelist full: it holds its capacity of {self._capacity} handles; "
                 f"pop some or create it with a larger capacity")
 
     def pop(self) -> Optional[int]:
         """Take a handle, or ``None`` if the freelist held none at some instant during the call."""
-        out = ffi.new("int64_t *")
-        if lib.rseq_py_freelist_pop(self._fl, out) != 0:
+        h = _pop_value(self._fl)
+        if h == INT64_MIN and _was_empty():
             return None
-        return int(out[0])
+        return h
 
     def push_many(self, handles: Iterable[int]) -> None:
         """Push every handle of an iterable, in batches of one section each where possible.

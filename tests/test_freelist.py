@@ -63,6 +63,13 @@ def test_extreme_handles_and_duplicates_are_just_values():
     assert sorted(fl.drain()) == sorted([INT64_MIN, INT64_MAX, 0, 0, -1])
 
 
+def test_int64_min_is_a_handle_not_an_empty_marker():
+    fl = PerCpuFreelist(capacity=2)
+    fl.push(INT64_MIN)
+    assert fl.pop() == INT64_MIN
+    assert fl.pop() is None
+
+
 def test_pop_many_stops_at_empty_and_zero_is_allowed():
     fl = PerCpuFreelist(capacity=50, per_cpu=4)
     fl.push_many(range(20))
