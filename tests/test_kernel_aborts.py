@@ -56,3 +56,16 @@ def test_kernel_aborts_the_shipped_section(native_text):
             if fixups.count_in_range():
                 break
     assert len(fixups.in_range()) > 0, runs
+
+
+def test_kernel_sees_freelist_aborts_one_for_one(native_text):
+    from rseq_py.stress import freelist_stress
+
+    with rseq_fixups(*native_text) as fixups:
+        runs = stress_until_aborts(driver=freelist_stress, variant="rseq_inject",
+                                   threads=oversubscribed_threads(),
+                                   ops_per_thread=scaled(30_000), handles=200, per_cpu=16,
+                                   inject_loops=300, signal_interval_us=50)
+    aborts = sum(r.aborts for r in runs)
+    assert aborts > 0, runs
+    assert len(fixups.in_range()) == aborts, (len(fixups.in_range()), runs)
