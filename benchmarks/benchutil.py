@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmarks: thread counts, a reusable gang of worker threads, call counting."""
+"""Helpers shared by the benchmarks: thread counts, reusable gangs of worker threads or processes, call counting."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
+import traceback
 from typing import Callable, List, Optional
 
 # The CPUs this process may actually run on, which can be fewer than os.cpu_count().
@@ -80,3 +82,78 @@ class Gang:
         self._start.wait()
         for t in self._threads:
             t.join(self.TIMEOUT_S)
+
+
+class ProcGang:
+    """``n`` forked processes started once, each running its ``work()`` once per :meth:`round`.
+
+    Each child calls ``make_work()`` once, after the fork, and runs what it
+    returns every round, so per-process setup (attaching to a segment) stays
+    out of the timing like the fork itself.  A round is one byte down each
+    child's pipe and one reply back; a child's exception comes back as its
+    traceback and is raised here, and a child that dies fails the round
+    instead of hanging it.
+    """
+
+    TIMEOUT_S = 120.0
+
+    def __init__(self, n: int, make_work: Callable[[], Callable[[], None]]) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conns = []
+        self._procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=self._loop, args=(child, make_work), daemon=True)
+            p.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(p)
+
+    @staticmethod
+    def _loop(conn, make_work: Callable[[], Callable[[], None]]) -> None:
+        err: Optional[str] = None
+        try:
+            work = make_work()
+        except BaseException:  # report it on the first round rather than die silently
+            err = traceback.format_exc()
+        while conn.recv():
+            if err is None:
+                try:
+                    work()
+                except BaseException:
+                    err = traceback.format_exc()
+            conn.send(err)
+
+    def round(self) -> None:
+        for c in self._conns:
+            c.send(True)
+        errors = []
+        for c, p in zip(self._conns, self._procs):
+            if not c.poll(self.TIMEOUT_S):
+                raise TimeoutError(f"worker process {p.pid} took over {self.TIMEOUT_S} s on one round")
+            try:
+                err = c.recv()
+            except EOFError:
+                p.join(self.TIMEOUT_S)
+                raise RuntimeError(f"worker process {p.pid} died, exit code {p.exitcode}") from None
+            if err is not None:
+                errors.append(err)
+        if errors:
+            raise RuntimeError("worker process failed:\n" + errors[0])
+
+    def __enter__(self) -> "ProcGang":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for c in self._conns:
+            try:
+                c.send(False)
+            except OSError:  # that child is already gone
+                pass
+        for p in self._procs:
+            p.join(self.TIMEOUT_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in self._conns:
+            c.close()
