@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -63,22 +64,55 @@ static inline struct block *block(const rseq_py_freelist *fl, uint32_t cpu)
 static inline uint64_t load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
-/* Who owns a stop word: the thread id + 1 (never 0), cached because the
- * owner path runs on every operation of the fallback backend. */
+static void release(rseq_py_freelist *fl, uint32_t cpu);
+static void pool_lock(rseq_py_freelist *fl);
+static void pool_unlock(rseq_py_freelist *fl);
+
+/* Who owns a stop word: pid << 32 | tid (never 0), cached because the
+ * owner path runs on every operation of the fallback backend.  The pid
+ * lets a waiter on a shared segment see that the owner's process died.
+ * Reset in a forked child, whose pid and tid differ. */
 static __thread uint64_t token;
+static __thread pid_t token_pid;
 
 static uint64_t self_token(void)
 {
-    if (UNLIKELY(token == 0))
-        token = (uint64_t)syscall(SYS_gettid) + 1;
+    pid_t pid = getpid();
+    if (UNLIKELY(token == 0 || token_pid != pid)) {
+        token = (uint64_t)(uint32_t)pid << 32 | (uint32_t)syscall(SYS_gettid);
+        token_pid = pid;
+    }
     return token;
 }
 
-/* ---- ownership ---------------------------------------------------------- */
+static int owner_alive(uint64_t owner)
+{
+    pid_t pid = (pid_t)(owner >> 32);
+    return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+/* Run on CPU cpu for a moment: any section in flight there, of any
+ * process, was preempted by us (so it will abort) or has finished.  The
+ * cross-process fence, since membarrier reaches only this process. */
+static int affinity_fence(uint32_t cpu)
+{
+    cpu_set_t old, one;
+    if (sched_getaffinity(0, sizeof old, &old) != 0)
+        return -1;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0)
+        return -1; /* e.g. a cpuset forbids it */
+    sched_setaffinity(0, sizeof old, &old);
+    return 0;
+}
 
 /* Take CPU cpu's stack.  wait == 0: give up (return 0) if another slow path
  * owns it.  Acquire pairs with the owner's release of stop, so its edits
- * are visible to us. */
+ * are visible to us.  In a shared segment, a stop word whose owner's
+ * process died is taken over (after the pool lock, whose robust recovery
+ * repairs any move that process left half done), and a CPU that cannot be
+ * fenced is not taken (return 0 even when waiting). */
 static int own(rseq_py_freelist *fl, uint32_t cpu, int wait)
 {
     uint64_t *stop = &block(fl, cpu)->stop;
@@ -88,12 +122,27 @@ static int own(rseq_py_freelist *fl, uint32_t cpu, int wait)
         if (__atomic_compare_exchange_n(stop, &expected, token, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_RELAXED))
             break;
+        if (fl->shared && !owner_alive(expected)) {
+            pool_lock(fl);
+            int took = __atomic_compare_exchange_n(stop, &expected, token, 0, __ATOMIC_SEQ_CST,
+                                                   __ATOMIC_RELAXED);
+            pool_unlock(fl);
+            if (took)
+                break;
+            continue;
+        }
         if (!wait)
             return 0;
         sched_yield();
     }
-    if (fl->sections)
-        rseq_py_fence_cpu(cpu);
+    if (fl->sections) {
+        if (!fl->shared)
+            rseq_py_fence_cpu(cpu);
+        else if (affinity_fence(cpu) != 0) {
+            release(fl, cpu);
+            return 0;
+        }
+    }
     return 1;
 }
 
@@ -113,12 +162,12 @@ static uint32_t current_cpu(const rseq_py_freelist *fl)
 
 static uint64_t take_credits(rseq_py_freelist *fl, uint64_t want)
 {
-    uint64_t avail = load(&fl->free_credits);
+    uint64_t avail = load(&fl->ctl->free_credits);
     for (;;) {
         uint64_t take = avail < want ? avail : want;
         if (take == 0)
             return 0;
-        if (__atomic_compare_exchange_n(&fl->free_credits, &avail, avail - take, 0,
+        if (__atomic_compare_exchange_n(&fl->ctl->free_credits, &avail, avail - take, 0,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             return take;
     }
@@ -127,33 +176,44 @@ static uint64_t take_credits(rseq_py_freelist *fl, uint64_t want)
 static void give_credits(rseq_py_freelist *fl, uint64_t n)
 {
     if (n)
-        __atomic_fetch_add(&fl->free_credits, n, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&fl->ctl->free_credits, n, __ATOMIC_RELAXED);
 }
 
-static void pool_lock(rseq_py_freelist *fl) { pthread_mutex_lock(&fl->pool_lock); }
-static void pool_unlock(rseq_py_freelist *fl) { pthread_mutex_unlock(&fl->pool_lock); }
+enum { J_NONE = 0, J_SPILL = 1, J_REFILL = 2 };
 
-/* Owner of b, holding the pool: move the k lowest handles of b (the
- * coldest) to the pool, with their credits. */
-static void spill(rseq_py_freelist *fl, struct block *b, uint64_t k)
+/* Owner of b (CPU cpu), holding the pool: move the top k handles of b to
+ * the pool, with their credits.  Crash-safe in a shared segment: the
+ * handles are copied first, the journal says what is about to commit, then
+ * the stack commits (one store of its word) and the pool commits (one
+ * store of its count); recovery finishes a move the stack committed. */
+static void spill(rseq_py_freelist *fl, uint32_t cpu, struct block *b, uint64_t k)
 {
-    uint64_t w = load(&b->word), count = COUNT(w);
-    memcpy(fl->pool + fl->pool_count, b->items, k * 8);
-    memmove(b->items, b->items + k, (count - k) * 8);
-    store(&fl->pool_count, fl->pool_count + k);
-    store(&fl->pool_pushes, fl->pool_pushes + 1);
-    store(&b->limit, load(&b->limit) - k);
-    store(&b->word, WORD(count - k, PUSHES(w)));
-}
-
-/* Owner of b, holding the pool: move up to k handles from the pool onto b,
- * with their credits.  Returns how many moved. */
-static uint64_t refill(rseq_py_freelist *fl, struct block *b, uint64_t k)
-{
+    struct rseq_py_fl_control *ctl = fl->ctl;
     uint64_t w = load(&b->word), count = COUNT(w), limit = load(&b->limit);
-    if (k > fl->pool_count)
-        k = fl->pool_count;
+    uint64_t pc = load(&ctl->pool_count);
+    memcpy(fl->pool + pc, b->items + count - k, k * 8);
+    ctl->j_cpu = cpu, ctl->j_k = k, ctl->j_word_after = WORD(count - k, PUSHES(w));
+    ctl->j_pool_count_before = pc, ctl->j_limit_before = limit;
+    __atomic_store_n(&ctl->j_op, J_SPILL, __ATOMIC_RELEASE);
+    store(&b->word, WORD(count - k, PUSHES(w)));  /* count first: count <= limit holds */
+    store(&b->limit, limit - k);
+    store(&ctl->pool_pushes, load(&ctl->pool_pushes) + 1);
+    __atomic_store_n(&ctl->pool_count, pc + k, __ATOMIC_RELEASE);
+    __atomic_store_n(&ctl->j_op, J_NONE, __ATOMIC_RELEASE);
+}
+
+/* Owner of b (CPU cpu), holding the pool: move up to k handles from the
+ * pool onto b, with their credits.  Returns how many moved.  Journaled
+ * like spill: the stack commits, then the pool. */
+static uint64_t refill(rseq_py_freelist *fl, uint32_t cpu, struct block *b, uint64_t k)
+{
+    struct rseq_py_fl_control *ctl = fl->ctl;
+    uint64_t w = load(&b->word), count = COUNT(w), limit = load(&b->limit);
+    uint64_t pc = load(&ctl->pool_count);
+    if (k > pc)
+        k = pc;
     if (limit + k > fl->per_cpu) { /* make room: surplus free credits go global */
+        store(&b->limit, count);   /* limit first: a crash leaks credits, never doubles them */
         give_credits(fl, limit - count);
         limit = count;
     }
@@ -161,12 +221,59 @@ static uint64_t refill(rseq_py_freelist *fl, struct block *b, uint64_t k)
         k = fl->per_cpu - count;
     if (k == 0)
         return 0;
-    memcpy(b->items + count, fl->pool + fl->pool_count - k, k * 8);
-    store(&fl->pool_count, fl->pool_count - k);
-    store(&b->limit, limit + k);
+    memcpy(b->items + count, fl->pool + pc - k, k * 8);
+    ctl->j_cpu = cpu, ctl->j_k = k, ctl->j_word_after = WORD(count + k, PUSHES(w) + 1);
+    ctl->j_pool_count_before = pc, ctl->j_limit_before = limit;
+    __atomic_store_n(&ctl->j_op, J_REFILL, __ATOMIC_RELEASE);
+    store(&b->limit, limit + k);                  /* limit first: count <= limit holds */
     store(&b->word, WORD(count + k, PUSHES(w) + 1));
+    __atomic_store_n(&ctl->pool_count, pc - k, __ATOMIC_RELEASE);
+    __atomic_store_n(&ctl->j_op, J_NONE, __ATOMIC_RELEASE);
     return k;
 }
+
+/* The pool lock's previous holder died (shared segments only): finish or
+ * undo the move it journaled.  Its stack is still owned by the dead token,
+ * so nothing touched the stack since. */
+static void recover(rseq_py_freelist *fl)
+{
+    struct rseq_py_fl_control *ctl = fl->ctl;
+    uint64_t op = load(&ctl->j_op);
+    if (op == J_NONE)
+        return;
+    struct block *b = block(fl, (uint32_t)ctl->j_cpu);
+    int stack_committed = load(&b->word) == ctl->j_word_after;
+    uint64_t k = ctl->j_k, pc = ctl->j_pool_count_before;
+    if (op == J_SPILL) {
+        if (stack_committed) {    /* the handles left the stack: they belong to the pool */
+            store(&b->limit, ctl->j_limit_before - k);
+            store(&ctl->pool_pushes, load(&ctl->pool_pushes) + 1);
+            store(&ctl->pool_count, pc + k);
+        } else {                  /* nothing moved */
+            store(&b->limit, ctl->j_limit_before);
+            store(&ctl->pool_count, pc);
+        }
+    } else {
+        if (stack_committed) {    /* the handles are on the stack: take them off the pool */
+            store(&ctl->pool_count, pc - k);
+        } else {                  /* nothing moved: the credits go back with the handles */
+            store(&b->limit, ctl->j_limit_before);
+            store(&ctl->pool_count, pc);
+        }
+    }
+    store(&ctl->j_op, J_NONE);
+}
+
+static void pool_lock(rseq_py_freelist *fl)
+{
+    int r = pthread_mutex_lock(&fl->ctl->pool_lock);
+    if (r == EOWNERDEAD) {
+        recover(fl);
+        pthread_mutex_consistent(&fl->ctl->pool_lock);
+    }
+}
+
+static void pool_unlock(rseq_py_freelist *fl) { pthread_mutex_unlock(&fl->ctl->pool_lock); }
 
 /* ---- slow paths ----------------------------------------------------------- */
 
@@ -175,10 +282,11 @@ static void reclaim_credits(rseq_py_freelist *fl)
 {
     for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++) {
         struct block *b = block(fl, cpu);
-        own(fl, cpu, 1);
+        if (!own(fl, cpu, 1))
+            continue; /* a CPU this process may not run on (shared segments) */
         uint64_t count = COUNT(load(&b->word)), limit = load(&b->limit);
+        store(&b->limit, count); /* first: a crash leaks credits, never doubles them */
         give_credits(fl, limit - count);
-        store(&b->limit, count);
         release(fl, cpu);
     }
 }
@@ -195,13 +303,16 @@ static int push_slow(rseq_py_freelist *fl, const int64_t *src, uint64_t n)
     for (;;) {
         uint32_t cpu = current_cpu(fl);
         struct block *b = block(fl, cpu);
-        own(fl, cpu, 1);
+        if (!own(fl, cpu, 1)) {
+            sched_yield();
+            continue;
+        }
         uint64_t w = load(&b->word), count = COUNT(w), limit = load(&b->limit);
         if (limit - count < n) {
             if (count + n > fl->per_cpu) { /* no physical room: spill the bottom half */
                 uint64_t k = count + n - fl->per_cpu;
                 pool_lock(fl);
-                spill(fl, b, count / 2 > k ? count / 2 : k);
+                spill(fl, cpu, b, count / 2 > k ? count / 2 : k);
                 pool_unlock(fl);
                 w = load(&b->word), count = COUNT(w), limit = load(&b->limit);
             }
@@ -223,7 +334,7 @@ static int push_slow(rseq_py_freelist *fl, const int64_t *src, uint64_t n)
          * unless the freelist provably holds capacity handles.  Another
          * pusher may take what we reclaimed, but then it made progress. */
         reclaim_credits(fl);
-        if (load(&fl->free_credits) < n && stable(fl, no_room_for, n))
+        if (load(&fl->ctl->free_credits) < n && stable(fl, no_room_for, n))
             return -1;
     }
 }
@@ -244,9 +355,9 @@ static void collect(const rseq_py_freelist *fl, uint64_t *out)
         *out++ = load(&b->limit);
         *out++ = load(&b->stop);
     }
-    *out++ = __atomic_load_n(&fl->pool_count, __ATOMIC_ACQUIRE);
-    *out++ = load(&fl->pool_pushes);
-    *out++ = load(&fl->free_credits);
+    *out++ = __atomic_load_n(&fl->ctl->pool_count, __ATOMIC_ACQUIRE);
+    *out++ = load(&fl->ctl->pool_pushes);
+    *out++ = load(&fl->ctl->free_credits);
 }
 
 /* Two equal collects in a row whose values pass `ok`. */
@@ -306,11 +417,14 @@ static uint64_t pop_slow(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
         /* 1. This CPU's stack, refilled from the pool if empty. */
         uint32_t cpu = current_cpu(fl);
         struct block *b = block(fl, cpu);
-        own(fl, cpu, 1);
+        if (!own(fl, cpu, 1)) {
+            sched_yield();
+            continue;
+        }
         uint64_t w = load(&b->word), count = COUNT(w);
-        if (count == 0 && load(&fl->pool_count) > 0) {
+        if (count == 0 && load(&fl->ctl->pool_count) > 0) {
             pool_lock(fl);
-            refill(fl, b, fl->batch > n ? fl->batch : n);
+            refill(fl, cpu, b, fl->batch > n ? fl->batch : n);
             pool_unlock(fl);
             w = load(&b->word), count = COUNT(w);
         }
@@ -336,7 +450,7 @@ static uint64_t pop_slow(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
             uint64_t vc = COUNT(load(&v->word));
             if (vc) {
                 pool_lock(fl);
-                spill(fl, v, (vc + 1) / 2);
+                spill(fl, victim, v, (vc + 1) / 2);
                 pool_unlock(fl);
                 stole = 1;
             }
@@ -357,47 +471,138 @@ static uint64_t pop_slow(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
 
 /* ---- public API ----------------------------------------------------------- */
 
-rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
+/* Layout, shared or private: the control block, the CPU blocks, the pool. */
+struct layout {
+    uint64_t per_cpu, stride, control, blocks, pool, total;
+};
+
+static int plan(uint64_t capacity, uint32_t per_cpu, uint64_t offset, struct layout *l)
 {
     if (capacity == 0 || capacity > RSEQ_PY_FREELIST_MAX || per_cpu > RSEQ_PY_FREELIST_PER_CPU_MAX)
-        return NULL;
+        return -1;
     rseq_py_init(RSEQ_PY_REQUEST_AUTO);
-    if (per_cpu == 0)
-        per_cpu = DEFAULT_PER_CPU;
-    if (per_cpu > capacity)
-        per_cpu = (uint32_t)capacity;
+    l->per_cpu = per_cpu == 0 ? DEFAULT_PER_CPU : per_cpu;
+    if (l->per_cpu > capacity)
+        l->per_cpu = capacity;
+    l->stride = BLOCK_HEADER + (l->per_cpu * 8 + 127) / 128 * 128;
+    l->control = offset;
+    l->blocks = offset + sizeof(struct rseq_py_fl_control);
+    l->pool = l->blocks + l->stride * rseq_py_nslots;
+    l->total = l->pool + capacity * 8;
+    return 0;
+}
+
+static rseq_py_freelist *describe(char *base, const struct layout *l, int shared)
+{
     rseq_py_freelist *fl = calloc(1, sizeof *fl);
     if (fl == NULL)
         return NULL;
-    uint64_t stride = BLOCK_HEADER + ((uint64_t)per_cpu * 8 + 127) / 128 * 128;
-    uint64_t blocks_bytes = stride * rseq_py_nslots;
-    fl->mem = aligned_alloc(128, blocks_bytes + capacity * 8);
-    if (fl->mem == NULL) {
-        free(fl);
-        return NULL;
-    }
-    memset(fl->mem, 0, blocks_bytes);
-    fl->g.blocks = fl->mem;
-    fl->g.stride = stride;
+    fl->ctl = (struct rseq_py_fl_control *)(base + l->control);
+    fl->g.blocks = base + l->blocks;
+    fl->g.stride = l->stride;
     fl->g.nslots = rseq_py_nslots;
-    fl->pool = (int64_t *)((char *)fl->mem + blocks_bytes);
-    fl->capacity = capacity;
-    fl->per_cpu = per_cpu;
-    fl->batch = per_cpu / 2 ? per_cpu / 2 : 1;
-    fl->free_credits = capacity;
-    pthread_mutex_init(&fl->pool_lock, NULL);
+    fl->pool = (int64_t *)(base + l->pool);
+    fl->capacity = fl->ctl->capacity;
+    fl->per_cpu = fl->ctl->per_cpu;
+    fl->batch = fl->ctl->batch;
+    fl->shared = shared;
 #ifndef RSEQ_PY_NO_ASM
-    fl->sections = rseq_py_mode != RSEQ_PY_MODE_FALLBACK && rseq_py_fence_init() == 0;
+    /* Private: membarrier fences.  Shared: affinity fences, which need no
+     * registration. */
+    fl->sections = rseq_py_mode != RSEQ_PY_MODE_FALLBACK && (shared || rseq_py_fence_init() == 0);
 #endif
     return fl;
+}
+
+static void init_control(char *base, const struct layout *l, uint64_t capacity, int shared)
+{
+    struct rseq_py_fl_control *ctl = (struct rseq_py_fl_control *)(base + l->control);
+    memset(base + l->control, 0, l->pool - l->control); /* control and blocks */
+    ctl->capacity = capacity;
+    ctl->per_cpu = l->per_cpu;
+    ctl->batch = l->per_cpu / 2 ? l->per_cpu / 2 : 1;
+    ctl->free_credits = capacity;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    if (shared) {
+        /* Another process may die holding it: robust, so the next locker
+         * is told (EOWNERDEAD) and repairs the journaled move. */
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    }
+    pthread_mutex_init(&ctl->pool_lock, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
+{
+    struct layout l;
+    if (plan(capacity, per_cpu, 0, &l) != 0)
+        return NULL;
+    char *mem = aligned_alloc(128, l.total);
+    if (mem == NULL)
+        return NULL;
+    init_control(mem, &l, capacity, 0);
+    rseq_py_freelist *fl = describe(mem, &l, 0);
+    if (fl == NULL)
+        free(mem);
+    else
+        fl->mem = mem;
+    return fl;
+}
+
+uint64_t rseq_py_freelist_shared_size(uint64_t capacity, uint32_t per_cpu)
+{
+    struct layout l;
+    return plan(capacity, per_cpu, RSEQ_PY_SEGMENT_HEADER, &l) == 0 ? l.total : 0;
+}
+
+HIDDEN int rseq_py_freelist_geometry_ok(const struct rseq_py_segment_header *h, uint64_t size)
+{
+    struct layout l;
+    return h->geometry[1] <= UINT32_MAX &&
+           plan(h->geometry[0], (uint32_t)h->geometry[1], RSEQ_PY_SEGMENT_HEADER, &l) == 0 &&
+           l.per_cpu == h->geometry[1] && l.stride == h->geometry[2] && l.total == size;
+}
+
+rseq_py_freelist *rseq_py_freelist_create_at(void *mem, uint64_t size, uint64_t capacity,
+                                             uint32_t per_cpu)
+{
+    struct layout l;
+    if (plan(capacity, per_cpu, RSEQ_PY_SEGMENT_HEADER, &l) != 0 || size < l.total ||
+        ((uintptr_t)mem % 128) != 0)
+        return NULL;
+    struct rseq_py_segment_header *h = mem;
+    rseq_py_segment_init(h, RSEQ_PY_KIND_FREELIST, l.total);
+    h->geometry[0] = capacity;
+    h->geometry[1] = l.per_cpu;
+    h->geometry[2] = l.stride;
+    init_control(mem, &l, capacity, 1);
+    rseq_py_freelist *fl = describe(mem, &l, 1);
+    if (fl != NULL)
+        rseq_py_segment_ready(h);
+    return fl;
+}
+
+rseq_py_freelist *rseq_py_freelist_attach_at(void *mem, uint64_t size)
+{
+    char why[8];
+    if (rseq_py_segment_check(mem, size, RSEQ_PY_KIND_FREELIST, why, sizeof why) != RSEQ_PY_SEG_OK)
+        return NULL;
+    const struct rseq_py_segment_header *h = mem;
+    struct layout l;
+    plan(h->geometry[0], (uint32_t)h->geometry[1], RSEQ_PY_SEGMENT_HEADER, &l);
+    return describe(mem, &l, 1);
 }
 
 void rseq_py_freelist_free(rseq_py_freelist *fl)
 {
     if (fl == NULL)
         return;
-    pthread_mutex_destroy(&fl->pool_lock);
-    free(fl->mem);
+    if (fl->mem != NULL) { /* a segment's mutex belongs to every process using it */
+        pthread_mutex_destroy(&fl->ctl->pool_lock);
+        free(fl->mem);
+    }
     free(fl);
 }
 
@@ -407,7 +612,7 @@ int rseq_py_freelist_uses_sections(const rseq_py_freelist *fl) { return fl->sect
 
 uint64_t rseq_py_freelist_len(const rseq_py_freelist *fl)
 {
-    uint64_t n = __atomic_load_n(&fl->pool_count, __ATOMIC_RELAXED);
+    uint64_t n = __atomic_load_n(&fl->ctl->pool_count, __ATOMIC_RELAXED);
     for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++)
         n += COUNT(__atomic_load_n(&block(fl, cpu)->word, __ATOMIC_RELAXED));
     return n;
@@ -540,7 +745,8 @@ uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst)
     uint64_t n = 0;
     for (uint32_t cpu = 0; cpu < fl->g.nslots; cpu++) {
         struct block *b = block(fl, cpu);
-        own(fl, cpu, 1);
+        if (!own(fl, cpu, 1))
+            continue; /* a CPU this process may not run on (shared segments) */
         uint64_t w = load(&b->word), count = COUNT(w);
         memcpy(dst + n, b->items, count * 8);
         n += count;
@@ -548,10 +754,10 @@ uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst)
         release(fl, cpu);
     }
     pool_lock(fl);
-    memcpy(dst + n, fl->pool, fl->pool_count * 8);
-    n += fl->pool_count;
-    give_credits(fl, fl->pool_count);
-    store(&fl->pool_count, 0);
+    memcpy(dst + n, fl->pool, fl->ctl->pool_count * 8);
+    n += fl->ctl->pool_count;
+    give_credits(fl, fl->ctl->pool_count);
+    store(&fl->ctl->pool_count, 0);
     pool_unlock(fl);
     return n;
 }

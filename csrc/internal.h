@@ -137,18 +137,30 @@ FL_SECTIONS(_inject)
 extern HIDDEN const struct rseq_py_fl_ops rseq_py_fl_plain_ops, rseq_py_fl_inject_ops;
 #endif
 
+/* The mutable state every user of a freelist shares: in the same memory as
+ * its stacks (a private allocation, or a shared segment after its header). */
+struct rseq_py_fl_control {
+    uint64_t capacity, per_cpu, batch; /* fixed at creation */
+    uint64_t free_credits; /* atomic: capacity not granted to any CPU or the pool */
+    uint64_t pool_count;   /* written under pool_lock, read racily */
+    uint64_t pool_pushes;  /* changes with every move into the pool */
+    /* A move between a stack and the pool in progress (shared segments):
+     * what recovery needs if its process dies holding the pool lock. */
+    uint64_t j_op, j_cpu, j_k, j_word_after, j_limit_before, j_pool_count_before;
+    pthread_mutex_t pool_lock; /* process-shared and robust in a segment */
+} __attribute__((aligned(128)));
+
 struct rseq_py_freelist {
     struct rseq_py_fl_geom g;
+    struct rseq_py_fl_control *ctl;
+    int64_t *pool;         /* capacity handles */
     uint64_t capacity;
     uint64_t per_cpu;      /* room of each CPU's stack */
     uint64_t batch;        /* handles or credits moved per slow-path trip */
     int sections;          /* 1: rseq sections + fences; 0: stop words as locks */
-    uint64_t free_credits; /* atomic: capacity not granted to any CPU or pool */
-    pthread_mutex_t pool_lock;
-    uint64_t pool_count;   /* written under pool_lock, read racily */
-    uint64_t pool_pushes;  /* changes with every move into the pool */
-    int64_t *pool;         /* capacity handles */
-    void *mem;
+    int shared;            /* in a segment other processes map: affinity fences,
+                              dead owners taken over, journaled moves */
+    void *mem;             /* what to free: NULL for a segment */
 };
 
 /* ops == NULL: the owner (lock) path only. */
@@ -176,6 +188,7 @@ struct rseq_py_counter {
 
 HIDDEN void rseq_py_segment_init(struct rseq_py_segment_header *h, uint32_t kind, uint64_t size);
 HIDDEN void rseq_py_segment_ready(struct rseq_py_segment_header *h);
+HIDDEN int rseq_py_freelist_geometry_ok(const struct rseq_py_segment_header *h, uint64_t size);
 
 HIDDEN uint64_t rseq_py_counter_stride(uint32_t ncounters);
 

@@ -123,7 +123,7 @@ struct rseq_py_segment_header {
     uint32_t cpu_slots;    /* per-CPU slots (possible CPUs) */
     uint32_t ready;        /* RSEQ_PY_SEGMENT_READY once fully initialised */
     uint64_t total_size;   /* bytes of the whole segment */
-    uint64_t geometry[4];  /* counter: ncounters, stride */
+    uint64_t geometry[4];  /* counter: ncounters, stride; freelist: capacity, per_cpu, stride */
     uint64_t reserved[7];
 };
 
@@ -164,6 +164,11 @@ void rseq_py_freelist_free(rseq_py_freelist *fl);
 uint64_t rseq_py_freelist_capacity(const rseq_py_freelist *fl);
 uint32_t rseq_py_freelist_per_cpu(const rseq_py_freelist *fl);
 int rseq_py_freelist_uses_sections(const rseq_py_freelist *fl);
+/* Shared freelists: as for counters (rseq_py_counter_create_at). */
+uint64_t rseq_py_freelist_shared_size(uint64_t capacity, uint32_t per_cpu);
+rseq_py_freelist *rseq_py_freelist_create_at(void *mem, uint64_t size, uint64_t capacity,
+                                             uint32_t per_cpu);
+rseq_py_freelist *rseq_py_freelist_attach_at(void *mem, uint64_t size);
 /* Handles held: exact when no operation runs concurrently. */
 uint64_t rseq_py_freelist_len(const rseq_py_freelist *fl);
 /* 0, or -1 when the freelist already holds capacity handles. */

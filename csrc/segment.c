@@ -92,5 +92,10 @@ int rseq_py_segment_check(const void *mem, uint64_t size, uint32_t kind, char *w
                         "match its %llu bytes", (unsigned long long)n,
                         (unsigned long long)h->geometry[1], (unsigned long long)size);
     }
+    if (kind == RSEQ_PY_KIND_FREELIST && !rseq_py_freelist_geometry_ok(h, size))
+        return FAIL(RSEQ_PY_SEG_GEOMETRY, "freelist geometry (capacity %llu, per_cpu %llu, stride "
+                    "%llu) does not match its %llu bytes", (unsigned long long)h->geometry[0],
+                    (unsigned long long)h->geometry[1], (unsigned long long)h->geometry[2],
+                    (unsigned long long)size);
     return RSEQ_PY_SEG_OK;
 }
