@@ -181,6 +181,12 @@ static void give_credits(rseq_py_freelist *fl, uint64_t n)
 
 enum { J_NONE = 0, J_SPILL = 1, J_REFILL = 2 };
 
+/* Tests only (rseq_py_freelist_test_crash): the process dies at this
+ * point of a move, holding the stack and the pool lock, as a SIGKILL
+ * there would leave them. */
+static int die_at;
+#define CRASH_POINT(n) do { if (UNLIKELY(die_at == (n))) _exit(0); } while (0)
+
 /* Owner of b (CPU cpu), holding the pool: move the top k handles of b to
  * the pool, with their credits.  Crash-safe in a shared segment: the
  * handles are copied first, the journal says what is about to commit, then
@@ -195,7 +201,9 @@ static void spill(rseq_py_freelist *fl, uint32_t cpu, struct block *b, uint64_t 
     ctl->j_cpu = cpu, ctl->j_k = k, ctl->j_word_after = WORD(count - k, PUSHES(w));
     ctl->j_pool_count_before = pc, ctl->j_limit_before = limit;
     __atomic_store_n(&ctl->j_op, J_SPILL, __ATOMIC_RELEASE);
+    CRASH_POINT(RSEQ_PY_CRASH_SPILL_JOURNALED);
     store(&b->word, WORD(count - k, PUSHES(w)));  /* count first: count <= limit holds */
+    CRASH_POINT(RSEQ_PY_CRASH_SPILL_STACK_COMMITTED);
     store(&b->limit, limit - k);
     store(&ctl->pool_pushes, load(&ctl->pool_pushes) + 1);
     __atomic_store_n(&ctl->pool_count, pc + k, __ATOMIC_RELEASE);
@@ -225,8 +233,10 @@ static uint64_t refill(rseq_py_freelist *fl, uint32_t cpu, struct block *b, uint
     ctl->j_cpu = cpu, ctl->j_k = k, ctl->j_word_after = WORD(count + k, PUSHES(w) + 1);
     ctl->j_pool_count_before = pc, ctl->j_limit_before = limit;
     __atomic_store_n(&ctl->j_op, J_REFILL, __ATOMIC_RELEASE);
+    CRASH_POINT(RSEQ_PY_CRASH_REFILL_JOURNALED);
     store(&b->limit, limit + k);                  /* limit first: count <= limit holds */
     store(&b->word, WORD(count + k, PUSHES(w) + 1));
+    CRASH_POINT(RSEQ_PY_CRASH_REFILL_STACK_COMMITTED);
     __atomic_store_n(&ctl->pool_count, pc - k, __ATOMIC_RELEASE);
     __atomic_store_n(&ctl->j_op, J_NONE, __ATOMIC_RELEASE);
     return k;
@@ -737,6 +747,26 @@ uint64_t rseq_py_freelist_push_many(rseq_py_freelist *fl, const int64_t *src, ui
 uint64_t rseq_py_freelist_pop_many(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
 {
     return pop_many_impl(fl, dst, n, PLAIN);
+}
+
+void rseq_py_freelist_test_crash(rseq_py_freelist *fl, int point)
+{
+    uint32_t cpu = current_cpu(fl);
+    struct block *b = block(fl, cpu);
+    die_at = point;
+    if (!own(fl, cpu, 1))
+        _exit(1);
+    if (point == RSEQ_PY_CRASH_OWNING_STACK)
+        _exit(0);
+    pool_lock(fl);
+    uint64_t count = COUNT(load(&b->word));
+    if (point == RSEQ_PY_CRASH_SPILL_JOURNALED || point == RSEQ_PY_CRASH_SPILL_STACK_COMMITTED) {
+        if (count)
+            spill(fl, cpu, b, (count + 1) / 2);
+    } else if (load(&fl->ctl->pool_count)) {
+        refill(fl, cpu, b, fl->batch);
+    }
+    _exit(2); /* nothing to move: the test set it up wrong */
 }
 
 /* Every CPU in turn, then the pool.  dst has room for capacity handles. */

@@ -188,6 +188,18 @@ uint64_t rseq_py_freelist_pop_many(rseq_py_freelist *fl, int64_t *dst, uint64_t 
 /* Takes every handle (dst has room for capacity); returns how many. */
 uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst);
 
+/* Tests only: in a shared freelist, own this CPU's stack (and for a move,
+ * the pool lock) and _exit() at `point`, as a SIGKILL there would.  Never
+ * returns. */
+enum rseq_py_crash_point {
+    RSEQ_PY_CRASH_OWNING_STACK = 1,
+    RSEQ_PY_CRASH_SPILL_JOURNALED = 2,
+    RSEQ_PY_CRASH_SPILL_STACK_COMMITTED = 3,
+    RSEQ_PY_CRASH_REFILL_JOURNALED = 4,
+    RSEQ_PY_CRASH_REFILL_STACK_COMMITTED = 5
+};
+void rseq_py_freelist_test_crash(rseq_py_freelist *fl, int point);
+
 /* ---- stress driver (tests) -------------------------------------------- */
 
 enum rseq_py_variant {

@@ -92,3 +92,84 @@ def unlink(name: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no shared segment named {name!r} ({path})") from None
+
+
+class Shareable:
+    """Lifecycle shared by PerCpuCounter and PerCpuFreelist: a private object,
+    or a view of a named segment (``name``, ``close``, ``unlink``, ``with``,
+    pickling by name).  Subclasses keep their C descriptor in ``_c``."""
+
+    __slots__ = ("_c", "_name", "_mm")
+    _KIND_NAME = ""
+
+    def _init_private(self, c: object) -> None:
+        self._c = c
+        self._name = None
+        self._mm = None
+
+    def _init_shared(self, c: object, free: object, name: str, mm: mmap.mmap, buf: object) -> None:
+        # The descriptor keeps the mapping's buffer alive: the memory cannot
+        # be unmapped while any thread still holds the descriptor.
+        self._c = ffi.gc(c, lambda p, _buf=buf: free(p))
+        self._name = name
+        self._mm = mm
+
+    @property
+    def name(self) -> "str | None":
+        """The shared segment's name, or ``None`` for a private object."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._c is None
+
+    def close(self) -> None:
+        """Unmap this process's view of a shared object (no-op if private or closed).
+
+        Other processes and the name are unaffected.  Using the object
+        afterwards raises ``ValueError``.  Call it when no other thread of this
+        process is using the object: a thread still inside an operation
+        keeps the memory mapped until it returns.
+        """
+        if self._name is None or self._c is None:
+            return
+        self._c = None
+        mm, self._mm = self._mm, None
+        try:
+            mm.close()
+        except BufferError:  # another thread still holds it: unmapped when it lets go
+            pass
+
+    def unlink(self) -> None:
+        """Remove the shared segment's name; mapped views keep working.
+
+        Raises:
+            TypeError: a private object has no name.
+            FileNotFoundError: already unlinked.
+        """
+        if self._name is None:
+            raise TypeError(f"a private {self._KIND_NAME} has no shared segment to unlink")
+        unlink(self._name)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self._live()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _live(self) -> object:
+        if self._c is None:
+            raise ValueError(f"{self._KIND_NAME} {self._name!r} is closed")
+        return self._c
+
+    def _closed_or(self, err: TypeError) -> None:
+        self._live()
+        raise err
+
+    def __reduce__(self) -> object:
+        if self._name is None:
+            raise TypeError(
+                f"a {self._KIND_NAME} lives in this process's private memory and cannot be "
+                f"pickled; use {self._KIND_NAME}.create(name) to share one between processes")
+        return (type(self).attach, (self._name,))  # type: ignore[attr-defined]

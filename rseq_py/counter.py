@@ -13,7 +13,7 @@ __all__ = ["PerCpuCounter"]
 _add = lib.rseq_py_counter_add
 
 
-class PerCpuCounter:
+class PerCpuCounter(_segment.Shareable):
     """A set of ``size`` independent int64 counters, each split into one slot per CPU.
 
     ``add`` changes only the slot of the CPU the calling thread runs on, in one
@@ -61,7 +61,8 @@ class PerCpuCounter:
         ValueError: ``size`` is out of range.
     """
 
-    __slots__ = ("_c", "_size", "_name", "_mm", "__weakref__")
+    __slots__ = ("_size", "__weakref__")
+    _KIND_NAME = "PerCpuCounter"
 
     MAX_SIZE = lib.RSEQ_PY_COUNTER_MAX
 
@@ -70,10 +71,8 @@ class PerCpuCounter:
         c = lib.rseq_py_counter_new(size)
         if c == ffi.NULL:
             raise MemoryError(f"cannot allocate a PerCpuCounter of size {size}")
-        self._c: Any = ffi.gc(c, lib.rseq_py_counter_free)
+        self._init_private(ffi.gc(c, lib.rseq_py_counter_free))
         self._size = size
-        self._name: Optional[str] = None
-        self._mm: Any = None
 
     @classmethod
     def _check_size(cls, size: object) -> int:
@@ -85,12 +84,8 @@ class PerCpuCounter:
     @classmethod
     def _over(cls, c: Any, name: str, mm: Any, buf: Any) -> "PerCpuCounter":
         self = cls.__new__(cls)
-        # The descriptor keeps the mapping's buffer alive: the memory cannot
-        # be unmapped while any thread still holds the descriptor.
-        self._c = ffi.gc(c, lambda p, _buf=buf: lib.rseq_py_counter_free(p))
+        self._init_shared(c, lib.rseq_py_counter_free, name, mm, buf)
         self._size = int(lib.rseq_py_counter_size(c))
-        self._name = name
-        self._mm = mm
         return self
 
     @classmethod
@@ -126,59 +121,6 @@ class PerCpuCounter:
         if c == ffi.NULL:  # pragma: no cover - only on out of memory
             raise MemoryError(f"cannot attach shared counter {name!r}")
         return cls._over(c, name, mm, buf)
-
-    @property
-    def name(self) -> Optional[str]:
-        """The shared segment's name, or ``None`` for a private counter."""
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        return self._c is None
-
-    def close(self) -> None:
-        """Unmap this process's view of a shared counter (no-op if private or closed).
-
-        Other processes and the name are unaffected.  Using the object
-        afterwards raises ``ValueError``.  Call it when no other thread of this
-        process is using the object: a thread still inside an operation
-        keeps the memory mapped until it returns.
-        """
-        if self._name is None or self._c is None:
-            return
-        self._c = None
-        mm, self._mm = self._mm, None
-        try:
-            mm.close()
-        except BufferError:  # another thread still holds it: unmapped when it lets go
-            pass
-
-    def unlink(self) -> None:
-        """Remove the shared segment's name; mapped views keep working.
-
-        Raises:
-            TypeError: a private counter has no name.
-            FileNotFoundError: already unlinked.
-        """
-        if self._name is None:
-            raise TypeError("a private PerCpuCounter has no shared segment to unlink")
-        _segment.unlink(self._name)
-
-    def __enter__(self) -> "PerCpuCounter":
-        self._live()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _live(self) -> Any:
-        if self._c is None:
-            raise ValueError(f"PerCpuCounter {self._name!r} is closed")
-        return self._c
-
-    def _closed_or(self, err: TypeError) -> None:
-        self._live()
-        raise err
 
     @property
     def size(self) -> int:
@@ -282,10 +224,3 @@ class PerCpuCounter:
         vals = self.values()
         shown = ", ".join(map(str, vals[:8])) + (", ..." if len(vals) > 8 else "")
         return f"PerCpuCounter({where}size={self._size}, values=[{shown}])"
-
-    def __reduce__(self) -> object:
-        if self._name is None:
-            raise TypeError(
-                "a PerCpuCounter lives in this process's private memory and cannot be pickled; "
-                "use PerCpuCounter.create(name) to share one between processes")
-        return (PerCpuCounter.attach, (self._name,))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
+from . import _segment
 from ._checks import INT64_MAX, INT64_MIN, as_int, as_int64
 from ._native import ffi, lib
 
@@ -28,7 +29,7 @@ class FreelistFull(Exception):
         self.pushed = pushed
 
 
-class PerCpuFreelist:
+class PerCpuFreelist(_segment.Shareable):
     """A bag of int64 handles (buffer slots, object ids, ...) split into per-CPU stacks.
 
     ``push`` and ``pop`` work on the stack of the CPU the thread runs on, in
@@ -52,6 +53,19 @@ class PerCpuFreelist:
     * Handles are arbitrary signed 64-bit ints; order is unspecified
       (roughly LIFO per CPU, which keeps recently freed handles cache-hot).
 
+    **Shared between processes**: :meth:`create` / :meth:`attach` / pickling,
+    with the same lifecycle as a shared :class:`PerCpuCounter`.  The stacks
+    are indexed by CPU, so sections protect them across processes too.
+    What membarrier cannot reach (another process's sections), an affinity
+    fence does: before editing another CPU's stack, the slow path runs on
+    that CPU for a moment, so any section in flight there was preempted
+    and will abort.  A process killed at any instant loses at most the
+    handles it held (popped, or in the middle of its own pop or push); the
+    pool's mutex is robust and the moves between a stack and the pool are
+    journaled, so the next process repairs a move the dead one left half
+    done, and a stack whose owner died is taken over.  Nothing is ever
+    duplicated.
+
     Args:
         capacity: most handles it can hold, 1 to 2**32.
         per_cpu: room of each CPU's stack (default 256, at most ``capacity``);
@@ -62,25 +76,71 @@ class PerCpuFreelist:
         ValueError: an argument is out of range.
     """
 
-    __slots__ = ("_fl", "_capacity", "__weakref__")
+    __slots__ = ("_capacity", "__weakref__")
+    _KIND_NAME = "PerCpuFreelist"
 
     MAX_CAPACITY = lib.RSEQ_PY_FREELIST_MAX
 
     def __init__(self, capacity: int, *, per_cpu: Optional[int] = None) -> None:
+        capacity, pc = self._check(capacity, per_cpu)
+        fl = lib.rseq_py_freelist_new(capacity, pc)
+        if fl == ffi.NULL:
+            raise MemoryError(f"cannot allocate a PerCpuFreelist of capacity {capacity}")
+        self._init_private(ffi.gc(fl, lib.rseq_py_freelist_free))
+        self._capacity = capacity
+
+    @classmethod
+    def _check(cls, capacity: object, per_cpu: object) -> "tuple[int, int]":
         capacity = as_int(capacity, "capacity")
-        if not 1 <= capacity <= self.MAX_CAPACITY:
-            raise ValueError(f"capacity must be between 1 and {self.MAX_CAPACITY}, got {capacity}")
+        if not 1 <= capacity <= cls.MAX_CAPACITY:
+            raise ValueError(f"capacity must be between 1 and {cls.MAX_CAPACITY}, got {capacity}")
         pc = 0
         if per_cpu is not None:
             pc = as_int(per_cpu, "per_cpu")
             if not 1 <= pc <= lib.RSEQ_PY_FREELIST_PER_CPU_MAX:
                 raise ValueError(
                     f"per_cpu must be between 1 and {lib.RSEQ_PY_FREELIST_PER_CPU_MAX}, got {pc}")
-        fl = lib.rseq_py_freelist_new(capacity, pc)
-        if fl == ffi.NULL:
-            raise MemoryError(f"cannot allocate a PerCpuFreelist of capacity {capacity}")
-        self._fl = ffi.gc(fl, lib.rseq_py_freelist_free)
-        self._capacity = capacity
+        return capacity, pc
+
+    @classmethod
+    def _over(cls, fl: Any, name: str, mm: Any, buf: Any) -> "PerCpuFreelist":
+        self = cls.__new__(cls)
+        self._init_shared(fl, lib.rseq_py_freelist_free, name, mm, buf)
+        self._capacity = int(lib.rseq_py_freelist_capacity(fl))
+        return self
+
+    @classmethod
+    def create(cls, name: str, capacity: int, *, per_cpu: Optional[int] = None) -> "PerCpuFreelist":
+        """Create a freelist in a new shared segment called ``name``.
+
+        Raises:
+            FileExistsError: the name is taken (attach to it, or unlink it).
+            TypeError, ValueError: bad ``name``, ``capacity`` or ``per_cpu``.
+        """
+        capacity, pc = cls._check(capacity, per_cpu)
+        _segment.path_of(name)
+        nbytes = lib.rseq_py_freelist_shared_size(capacity, pc)
+        mm, buf = _segment.create(name, nbytes)
+        fl = lib.rseq_py_freelist_create_at(buf, nbytes, capacity, pc)
+        if fl == ffi.NULL:  # pragma: no cover - only on out of memory
+            _segment.unlink(name)
+            raise MemoryError(f"cannot lay out shared freelist {name!r}")
+        return cls._over(fl, name, mm, buf)
+
+    @classmethod
+    def attach(cls, name: str) -> "PerCpuFreelist":
+        """Attach to the shared freelist ``name`` (created by any process).
+
+        Raises:
+            FileNotFoundError: no segment has that name.
+            SegmentError: the segment is not a usable freelist (the message
+                says why: foreign, truncated, incomplete, a counter, ...).
+        """
+        mm, buf = _segment.attach(name, lib.RSEQ_PY_KIND_FREELIST, "PerCpuFreelist")
+        fl = lib.rseq_py_freelist_attach_at(buf, len(mm))
+        if fl == ffi.NULL:  # pragma: no cover - only on out of memory
+            raise MemoryError(f"cannot attach shared freelist {name!r}")
+        return cls._over(fl, name, mm, buf)
 
     @property
     def capacity(self) -> int:
@@ -90,14 +150,14 @@ class PerCpuFreelist:
     @property
     def per_cpu(self) -> int:
         """Room of each CPU's stack."""
-        return int(lib.rseq_py_freelist_per_cpu(self._fl))
+        return int(lib.rseq_py_freelist_per_cpu(self._live()))
 
     def __len__(self) -> int:
         """Handles held: exact when nothing runs concurrently; while other
         threads push and pop, a value between the lowest and highest count
         the freelist had during the call, give or take their batches in
         flight."""
-        return int(lib.rseq_py_freelist_len(self._fl))
+        return int(lib.rseq_py_freelist_len(self._live()))
 
     def push(self, handle: int) -> None:
         """Give ``handle`` back.
@@ -108,14 +168,21 @@ class PerCpuFreelist:
         """
         if type(handle) is not int or not INT64_MIN <= handle <= INT64_MAX:
             handle = as_int64(handle, "handle")
-        if _push(self._fl, handle) != 0:
+        try:
+            full = _push(self._c, handle) != 0
+        except TypeError as e:  # None after close(): free on the fast path
+            self._closed_or(e)
+        if full:
             raise FreelistFull(
                 f"freelist full: it holds its capacity of {self._capacity} handles; "
                 f"pop some or create it with a larger capacity")
 
     def pop(self) -> Optional[int]:
         """Take a handle, or ``None`` if the freelist held none at some instant during the call."""
-        h = _pop_value(self._fl)
+        try:
+            h = _pop_value(self._c)
+        except TypeError as e:
+            self._closed_or(e)
         if h == INT64_MIN and _was_empty():
             return None
         return h
@@ -130,11 +197,12 @@ class PerCpuFreelist:
             FreelistFull: the freelist filled up; ``exc.pushed`` says how many
                 of the leading handles went in (the rest did not).
         """
+        c = self._live()
         values = [as_int64(h, "handle") for h in handles]
         if not values:
             return
         buf = ffi.new("int64_t[]", values)
-        pushed = int(lib.rseq_py_freelist_push_many(self._fl, buf, len(values)))
+        pushed = int(lib.rseq_py_freelist_push_many(c, buf, len(values)))
         if pushed != len(values):
             raise FreelistFull(
                 f"freelist full after {pushed} of {len(values)} handles: it holds its capacity "
@@ -143,6 +211,7 @@ class PerCpuFreelist:
 
     def pop_many(self, n: int) -> List[int]:
         """Take up to ``n`` handles; fewer only if it ran empty (as for :meth:`pop`)."""
+        c = self._live()
         n = as_int(n, "n")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -150,7 +219,7 @@ class PerCpuFreelist:
         if n == 0:
             return []
         buf = ffi.new("int64_t[]", n)
-        got = int(lib.rseq_py_freelist_pop_many(self._fl, buf, n))
+        got = int(lib.rseq_py_freelist_pop_many(c, buf, n))
         return list(buf[0:got])
 
     def drain(self) -> List[int]:
@@ -159,14 +228,13 @@ class PerCpuFreelist:
         Handles pushed concurrently with the drain may or may not be in it
         (those that are not remain in the freelist).
         """
+        c = self._live()
         buf = ffi.new("int64_t[]", self._capacity)
-        got = int(lib.rseq_py_freelist_drain(self._fl, buf))
+        got = int(lib.rseq_py_freelist_drain(c, buf))
         return list(buf[0:got])
 
     def __repr__(self) -> str:
-        return f"PerCpuFreelist(capacity={self._capacity}, len={len(self)})"
-
-    def __reduce__(self) -> object:
-        raise TypeError(
-            "a PerCpuFreelist lives in this process's private memory and cannot be pickled"
-        )
+        where = "" if self._name is None else f"name={self._name!r}, "
+        if self._c is None:
+            return f"PerCpuFreelist({where}capacity={self._capacity}, closed)"
+        return f"PerCpuFreelist({where}capacity={self._capacity}, len={len(self)})"

@@ -190,7 +190,7 @@ def freelist_stress(
     cfg.max_batch = max_batch
     cfg.max_held = max_held
     res = ffi.new("struct rseq_py_fl_stress_result *")
-    err = lib.rseq_py_freelist_stress(fl._fl, cfg, res)
+    err = lib.rseq_py_freelist_stress(fl._c, cfg, res)
     if err:
         raise OSError(err, f"freelist stress run failed: {os.strerror(err)}")
     return from_struct(FreelistStressResult, res, variant=variant, threads=threads,

@@ -16,7 +16,7 @@ from test_info import kernel_has_rseq
 
 HERE = Path(__file__).resolve().parent
 SUITE = ["test_info.py", "test_counter.py", "test_bad_input.py", "test_stress.py", "test_freelist.py",
-         "test_shared_counter.py",
+         "test_shared_counter.py", "test_shared_freelist.py",
          "test_threads.py", "test_fork.py", "test_registrations.py", "test_kernel_aborts.py"]
 
 MODES = {

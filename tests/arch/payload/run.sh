@@ -14,7 +14,7 @@ for variant, loops in (("rseq", 0), ("rseq_inject", 200)):
     assert r.exact
 from rseq_py.stress import freelist_stress
 for variant, loops in (("rseq", 0), ("rseq_inject", 200)):
-    r = freelist_stress(variant, threads=8, ops_per_thread=20_000, handles=100, per_cpu=8,
+    r = freelist_stress(variant, threads=8, ops_per_thread=5_000, handles=100, per_cpu=8,
                         inject_loops=loops, signal_interval_us=100)
     print(f"FREELIST {variant}: threads={r.threads} pops={r.pops} duplicates={r.duplicates} "
           f"missing={r.missing} aborts={r.aborts} signals={r.signals} exact={r.exact}")
