@@ -194,6 +194,11 @@ def test_sigkill_loses_only_what_the_killed_held(name):
         # This process keeps working beside them: nothing is left blocked
         # (a stop word or the pool lock of a dead process is taken over).
         fl.push_many(fl.pop_many(3))
+    # Every survivor is still making progress after all those deaths.
+    before = {pid: len(buf) for pid, (_, buf) in live.items()}
+    pump(0.5)
+    stuck = [pid for pid, (_, buf) in live.items() if len(buf) == before[pid]]
+    assert not stuck, f"workers {stuck} made no progress: blocked"
     for pid, (r, buf) in live.items():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
