@@ -1,12 +1,31 @@
-"""Helpers shared by the benchmarks: thread counts, reusable gangs of worker threads or processes, call counting."""
+"""Helpers shared by the benchmarks: thread counts, reusable gangs of worker threads or processes, call counting,
+and setup for the third-party baselines (atomicshm, prometheus_client)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import platform
+import tempfile
 import threading
 import traceback
-from typing import Callable, List, Optional
+from multiprocessing.shared_memory import SharedMemory
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import pytest
+from prometheus_client import values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# atomicshm ships for x86_64 only (so does the test extra's pin): elsewhere its
+# entries skip and the rest of the suite runs.  On x86_64 a missing atomicshm
+# is a broken install and fails the import.
+if platform.machine() == "x86_64":
+    import atomicshm
+else:
+    atomicshm = None
+needs_atomicshm = pytest.mark.skipif(
+    atomicshm is None, reason=f"atomicshm is built for x86_64 only, not {platform.machine()}")
 
 # The CPUs this process may actually run on, which can be fewer than os.cpu_count().
 CPUS = len(os.sched_getaffinity(0))
@@ -157,3 +176,48 @@ class ProcGang:
                 p.join()
         for c in self._conns:
             c.close()
+
+
+@contextlib.contextmanager
+def shm_u64() -> Iterator[Tuple[str, "atomicshm.AtomicU64"]]:
+    """A zeroed 8-byte SharedMemory block and an atomicshm cell on its one u64; yields ``(name, cell)``.
+
+    The view is closed before the block, which refuses to close while a view
+    still holds its buffer.
+    """
+    shm = SharedMemory(create=True, size=8)
+    try:
+        view = atomicshm.AtomicView(shm.buf)
+        try:
+            yield shm.name, view.cell_u64(0)
+        finally:
+            view.close()
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+@contextlib.contextmanager
+def prometheus_multiprocess() -> Iterator[str]:
+    """Put prometheus_client in multiprocess mode for the metrics created inside; yields the metrics directory.
+
+    prometheus_client picks its value class once, when first imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``.  Setting the variable and the class here, as
+    its own tests do, and undoing both after, keeps every other metric in the
+    session plain.  Processes forked inside inherit the mode, and each writes
+    its own ``counter_<pid>.db`` there, as under a pre-forking server.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-prom-") as d, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROMETHEUS_MULTIPROC_DIR", d)
+        cls = values.MultiProcessValue()
+        mp.setattr(values, "ValueClass", cls)
+        try:
+            yield d
+        finally:
+            cls.close_all_files()
+
+
+def prometheus_total(path: str, name: str) -> float:
+    """The value of counter ``name`` summed over every process's file in ``path``, as a scrape would see it."""
+    return sum(s.value for m in MultiProcessCollector(None, path=path).collect()
+               for s in m.samples if s.name == name + "_total")

@@ -2,7 +2,11 @@
 
 Groups (compare.py prints each as a ratio table against the entry marked ``reference``):
 
-* ``counter-inc-1thread``: one thread, 1000 ops per timed call.
+* ``counter-inc-1thread``: one thread, 1000 ops per timed call; beside the
+  standard library, the two third-party counters a user would reach for:
+  atomicshm's lock-free ``fetch_add`` on shared memory (the fastest cross-process
+  counter callable from Python) and prometheus_client's ``Counter``, plain and
+  in its multiprocess mode (the usual reason a Python service counts at all).
 * ``counter-inc-threads-N``: N Python threads, each doing ``PY_OPS`` ops per round.
 * ``c-level-threads-N``: N pthreads in C with the GIL released (``rseq_py.stress.counter_bench``).
 
@@ -19,11 +23,13 @@ import statistics
 import threading
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 import rseq_py
 from rseq_py.stress import BENCH_MODES, counter_bench
 
-from benchutil import Calls, Gang, thread_counts
+from benchutil import (Calls, Gang, needs_atomicshm, prometheus_multiprocess, prometheus_total,
+                       shm_u64, thread_counts)
 
 BATCH = 1000  # ops per timed call: the harness's own per-call cost would swamp a single op
 PY_OPS = 5000  # ops per thread per round in the Python-threads groups
@@ -122,6 +128,63 @@ def test_1thread_mp_value_lock_per1000(benchmark):
     _mark(benchmark, "mp.Value('q') + get_lock()", BATCH)
     benchmark(calls)
     assert v.value == calls.n * BATCH
+
+
+@one_thread
+@needs_atomicshm
+def test_1thread_atomicshm_fetch_add_per1000(benchmark):
+    """Baseline: atomicshm ``AtomicU64.fetch_add(1)`` x1000 on one u64 of a SharedMemory block.
+
+    One atomic add per op through a plain C-API method: the cheapest shared
+    counter there is without per-CPU slots.  The cell form
+    skips the offset argument of ``AtomicView.fetch_add_u64(0, 1)``.
+    """
+    with shm_u64() as (_, cell):
+        add = cell.fetch_add
+
+        def batch():
+            for _ in itertools.repeat(None, BATCH):
+                add(1)
+
+        calls = Calls(batch)
+        _mark(benchmark, "atomicshm AtomicU64.fetch_add(1)", BATCH)
+        benchmark(calls)
+        assert cell.load() == calls.n * BATCH
+
+
+@one_thread
+def test_1thread_prometheus_counter_per1000(benchmark):
+    """Baseline: prometheus_client ``Counter.inc()`` x1000, default mode: a float under a threading.Lock, per process."""
+    registry = CollectorRegistry()
+    inc = Counter("bench_inc", "benchmark counter", registry=registry).inc
+
+    def batch():
+        for _ in itertools.repeat(None, BATCH):
+            inc()
+
+    calls = Calls(batch)
+    _mark(benchmark, "prometheus Counter.inc()", BATCH)
+    benchmark(calls)
+    assert registry.get_sample_value("bench_inc_total") == calls.n * BATCH
+
+
+@one_thread
+def test_1thread_prometheus_multiprocess_per1000(benchmark):
+    """Baseline: prometheus_client ``Counter.inc()`` x1000 in multiprocess mode: lock, pid check, write to an mmap file.
+
+    The count is read back the way a scrape reads it, from the file.
+    """
+    with prometheus_multiprocess() as d:
+        inc = Counter("bench_inc", "benchmark counter", registry=None).inc
+
+        def batch():
+            for _ in itertools.repeat(None, BATCH):
+                inc()
+
+        calls = Calls(batch)
+        _mark(benchmark, "prometheus Counter.inc() multiprocess", BATCH)
+        benchmark(calls)
+        assert prometheus_total(d, "bench_inc") == calls.n * BATCH
 
 
 @one_thread

@@ -135,13 +135,15 @@ static int own(rseq_py_freelist *fl, uint32_t cpu, int wait)
             return 0;
         sched_yield();
     }
-    if (fl->sections) {
-        if (!fl->shared)
-            rseq_py_fence_cpu(cpu);
-        else if (affinity_fence(cpu) != 0) {
+    if (fl->shared) {
+        /* Always: even a process without sections shares the segment with
+         * processes that may be inside one on that CPU. */
+        if (affinity_fence(cpu) != 0) {
             release(fl, cpu);
             return 0;
         }
+    } else if (fl->sections) {
+        rseq_py_fence_cpu(cpu);
     }
     return 1;
 }

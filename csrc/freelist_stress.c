@@ -98,7 +98,7 @@ int rseq_py_freelist_stress(rseq_py_freelist *fl, const struct rseq_py_fl_stress
         (cfg->variant != RSEQ_PY_VARIANT_RSEQ && cfg->variant != RSEQ_PY_VARIANT_RSEQ_INJECT &&
          cfg->variant != RSEQ_PY_VARIANT_ATOMIC))
         return r->error = EINVAL;
-    if (rseq_py_freelist_len(fl) != 0)
+    if (!cfg->external && rseq_py_freelist_len(fl) != 0)
         return r->error = EBUSY;
     const struct rseq_py_fl_ops *ops = NULL;
 #ifndef RSEQ_PY_NO_ASM
@@ -118,7 +118,7 @@ int rseq_py_freelist_stress(rseq_py_freelist *fl, const struct rseq_py_fl_stress
     }
     for (uint64_t h = 0; h < cfg->handles; h++)
         all[h] = (int64_t)h;
-    if (rseq_py_freelist_push_many(fl, all, cfg->handles) != cfg->handles) {
+    if (!cfg->external && rseq_py_freelist_push_many(fl, all, cfg->handles) != cfg->handles) {
         r->error = ENOSPC;
         goto out;
     }
@@ -148,6 +148,8 @@ int rseq_py_freelist_stress(rseq_py_freelist *fl, const struct rseq_py_fl_stress
         r->unexpected += w[i].unexpected;
         r->full_pushes += w[i].full_pushes;
     }
+    if (cfg->external)
+        goto out; /* the caller accounts for the handles */
     /* Account for every handle: drained ones plus any a worker still holds
      * (only if a push was refused, which is itself an error). */
     uint64_t n = rseq_py_freelist_drain(fl, all);

@@ -244,6 +244,9 @@ struct rseq_py_fl_stress_config {
     uint64_t handles;            /* distinct handles 0..handles-1 pushed first */
     uint32_t max_batch;          /* batches of 2..max_batch; 1: single ops only */
     uint32_t max_held;           /* handles one worker holds at most */
+    int external;                /* 1: fl is filled and checked by the caller
+                                    (e.g. shared with other processes): no fill,
+                                    no drain, only this process's duplicates */
 };
 
 struct rseq_py_fl_stress_result {

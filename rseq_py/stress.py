@@ -157,6 +157,7 @@ def freelist_stress(
     max_held: int = 64,
     inject_loops: int = 0,
     signal_interval_us: int = 0,
+    freelist: PerCpuFreelist | None = None,
 ) -> FreelistStressResult:
     """Run ``threads`` pthreads popping, holding and pushing back handles.
 
@@ -166,6 +167,10 @@ def freelist_stress(
     in the freelist exactly once.  ``variant``: ``rseq``, ``rseq_inject``
     (injected delay before each commit, aborts counted) or ``atomic`` (the
     owner path only: per-CPU stop words as locks).
+
+    With ``freelist`` (e.g. a shared one other processes churn too), the
+    caller fills it with ``0..handles-1`` beforehand and checks it afterwards:
+    the run neither fills nor drains it, and ``missing`` stays 0.
     """
     if variant not in ("rseq", "rseq_inject", "atomic"):
         raise ValueError(f"variant must be 'rseq', 'rseq_inject' or 'atomic', got {variant!r}")
@@ -177,10 +182,13 @@ def freelist_stress(
     max_batch, max_held = as_int(max_batch, "max_batch"), as_int(max_held, "max_held")
     if not 1 <= max_batch <= max_held <= 1 << 16:
         raise ValueError(f"need 1 <= max_batch <= max_held <= 65536, got {max_batch}, {max_held}")
+    if freelist is not None:
+        capacity = freelist.capacity
     if not 0 <= handles <= capacity:
         raise ValueError(f"need 0 <= handles <= capacity, got {handles}, {capacity}")
-    fl = PerCpuFreelist(capacity, per_cpu=per_cpu)
+    fl = freelist if freelist is not None else PerCpuFreelist(capacity, per_cpu=per_cpu)
     cfg = ffi.new("struct rseq_py_fl_stress_config *")
+    cfg.external = freelist is not None
     cfg.threads = threads
     cfg.ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
     cfg.variant = VARIANTS[variant]

@@ -252,3 +252,37 @@ def test_a_process_dying_mid_move_loses_and_duplicates_nothing(name, point, rest
     assert h is not None
     fl.push(h)
     assert sorted(fl.drain()) == kept
+
+
+def test_rseq_and_fallback_processes_share_one_freelist(name):
+    """A fallback process (stop words as locks) and rseq processes (sections)
+    churn one freelist at once: the fallback one fences too, so no handle is
+    lost or duplicated."""
+    import subprocess
+    import sys
+    import textwrap
+
+    fl = PerCpuFreelist.create(name, capacity=600, per_cpu=8)
+    fl.push_many(range(500))
+    # Sections with an injected delay (rseq processes) and owner-path edits
+    # (the fallback process) meet on the same CPUs for as long as possible.
+    code = textwrap.dedent(f"""
+        import rseq_py
+        from rseq_py.stress import freelist_stress
+        fl = rseq_py.PerCpuFreelist.attach({name!r})
+        rseq = rseq_py.info().backend == "rseq"
+        r = freelist_stress("rseq_inject" if rseq else "atomic", threads=4,
+                            ops_per_thread={scaled(20_000)}, handles=500, max_batch=8,
+                            max_held=16, inject_loops=300, signal_interval_us=100, freelist=fl)
+        assert r.duplicates == 0 and r.unexpected == 0 and r.full_pushes == 0, r
+        print(rseq_py.info().backend)
+        """)
+    procs = []
+    for backend in ("auto", "fallback", "auto"):
+        env = dict(os.environ, RSEQ_PY_BACKEND=backend)
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd="/",
+                                      stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[1] == "fallback"
+    assert sorted(fl.drain()) == list(range(500))
