@@ -4,8 +4,8 @@ Groups (compare.py prints each as a ratio table against the entry marked ``refer
 
 * ``counter-inc-1thread``: one thread, 1000 ops per timed call; beside the
   standard library, the two third-party counters a user would reach for:
-  atomicshm's lock-free ``fetch_add`` on shared memory (the fastest cross-process
-  counter callable from Python) and prometheus_client's ``Counter``, plain and
+  atomicshm's lock-free ``fetch_add`` on shared memory (one atomic instruction
+  behind a plain C-API call) and prometheus_client's ``Counter``, plain and
   in its multiprocess mode (the usual reason a Python service counts at all).
 * ``counter-inc-threads-N``: N Python threads, each doing ``PY_OPS`` ops per round.
 * ``c-level-threads-N``: N pthreads in C with the GIL released (``rseq_py.stress.counter_bench``).
@@ -135,9 +135,9 @@ def test_1thread_mp_value_lock_per1000(benchmark):
 def test_1thread_atomicshm_fetch_add_per1000(benchmark):
     """Baseline: atomicshm ``AtomicU64.fetch_add(1)`` x1000 on one u64 of a SharedMemory block.
 
-    One atomic add per op through a plain C-API method: the cheapest shared
-    counter there is without per-CPU slots.  The cell form
-    skips the offset argument of ``AtomicView.fetch_add_u64(0, 1)``.
+    One atomic add per op behind a plain C-API method: the cheapest exact
+    shared counter without per-CPU slots.  The cell form skips the offset
+    argument of ``AtomicView.fetch_add_u64(0, 1)``, a few ns cheaper.
     """
     with shm_u64() as (_, cell):
         add = cell.fetch_add

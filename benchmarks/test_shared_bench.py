@@ -39,7 +39,6 @@ import os
 from multiprocessing.shared_memory import SharedMemory
 
 import pytest
-
 from prometheus_client import Counter
 
 import rseq_py
