@@ -44,7 +44,7 @@
 #                 PATH is the arm64 one; run arm64 programs with "$AARCH64_QEMU_USER" prog.
 #                 Environment: AARCH64_HARNESS=user, AARCH64_ROOTFS, QEMU_LD_PREFIX, PYTHONPATH.
 #
-# Tunables (environment): AARCH64_BOOT_TIMEOUT (seconds per boot, default 300),
+# Tunables (environment): AARCH64_BOOT_TIMEOUT (seconds per boot, default 900),
 # AARCH64_SMP (default 2), AARCH64_MEM (MiB, default 1024).
 set -euo pipefail
 
