@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from typing import Tuple
+from typing import Any, Tuple
 
 from ._native import ffi, lib
 
@@ -107,12 +107,38 @@ class Shareable:
         self._name = None
         self._mm = None
 
-    def _init_shared(self, c: object, free: object, name: str, mm: mmap.mmap, buf: object) -> None:
+    def _adopt(self, c: object) -> None:
+        """Read what the subclass caches from a fresh C descriptor."""
+        raise NotImplementedError
+
+    @classmethod
+    def _shared(cls, c: object, free: Any, name: str, mm: mmap.mmap, buf: object) -> Any:
+        if c == ffi.NULL:  # pragma: no cover - only on out of memory
+            raise MemoryError(f"cannot map shared {cls._KIND_NAME} {name!r}")
+        self = cls.__new__(cls)
         # The descriptor keeps the mapping's buffer alive: the memory cannot
         # be unmapped while any thread still holds the descriptor.
         self._c = ffi.gc(c, lambda p, _buf=buf: free(p))
         self._name = name
         self._mm = mm
+        self._adopt(c)
+        return self
+
+    @classmethod
+    def _create_shared(cls, name: str, nbytes: int, create_at: Any, free: Any) -> Any:
+        """A new segment laid out by ``create_at(buf, nbytes)``."""
+        path_of(name)
+        mm, buf = create(name, nbytes)
+        c = create_at(buf, nbytes)
+        if c == ffi.NULL:  # pragma: no cover - only on out of memory
+            unlink(name)
+        return cls._shared(c, free, name, mm, buf)
+
+    @classmethod
+    def _attach_shared(cls, name: str, kind: int, attach_at: Any, free: Any) -> Any:
+        """An existing segment, checked for ``kind``, described by ``attach_at``."""
+        mm, buf = attach(name, kind, cls._KIND_NAME)
+        return cls._shared(attach_at(buf, len(mm)), free, name, mm, buf)
 
     @property
     def name(self) -> "str | None":

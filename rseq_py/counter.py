@@ -81,12 +81,8 @@ class PerCpuCounter(_segment.Shareable):
             raise ValueError(f"size must be between 1 and {cls.MAX_SIZE}, got {size}")
         return size
 
-    @classmethod
-    def _over(cls, c: Any, name: str, mm: Any, buf: Any) -> "PerCpuCounter":
-        self = cls.__new__(cls)
-        self._init_shared(c, lib.rseq_py_counter_free, name, mm, buf)
+    def _adopt(self, c: Any) -> None:
         self._size = int(lib.rseq_py_counter_size(c))
-        return self
 
     @classmethod
     def create(cls, name: str, size: int = 1) -> "PerCpuCounter":
@@ -98,13 +94,10 @@ class PerCpuCounter(_segment.Shareable):
         """
         size = cls._check_size(size)
         _segment.path_of(name)
-        nbytes = lib.rseq_py_counter_shared_size(size)
-        mm, buf = _segment.create(name, nbytes)
-        c = lib.rseq_py_counter_create_at(buf, nbytes, size)
-        if c == ffi.NULL:  # pragma: no cover - only on out of memory
-            _segment.unlink(name)
-            raise MemoryError(f"cannot lay out shared counter {name!r}")
-        return cls._over(c, name, mm, buf)
+        return cls._create_shared(
+            name, lib.rseq_py_counter_shared_size(size),
+            lambda buf, nbytes: lib.rseq_py_counter_create_at(buf, nbytes, size),
+            lib.rseq_py_counter_free)
 
     @classmethod
     def attach(cls, name: str) -> "PerCpuCounter":
@@ -116,11 +109,8 @@ class PerCpuCounter(_segment.Shareable):
                 truncated, incomplete, a freelist, another layout version,
                 architecture or CPU count); the message says which.
         """
-        mm, buf = _segment.attach(name, lib.RSEQ_PY_KIND_COUNTER, "PerCpuCounter")
-        c = lib.rseq_py_counter_attach_at(buf, len(mm))
-        if c == ffi.NULL:  # pragma: no cover - only on out of memory
-            raise MemoryError(f"cannot attach shared counter {name!r}")
-        return cls._over(c, name, mm, buf)
+        return cls._attach_shared(name, lib.RSEQ_PY_KIND_COUNTER, lib.rseq_py_counter_attach_at,
+                                  lib.rseq_py_counter_free)
 
     @property
     def size(self) -> int:

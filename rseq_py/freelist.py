@@ -102,12 +102,8 @@ class PerCpuFreelist(_segment.Shareable):
                     f"per_cpu must be between 1 and {lib.RSEQ_PY_FREELIST_PER_CPU_MAX}, got {pc}")
         return capacity, pc
 
-    @classmethod
-    def _over(cls, fl: Any, name: str, mm: Any, buf: Any) -> "PerCpuFreelist":
-        self = cls.__new__(cls)
-        self._init_shared(fl, lib.rseq_py_freelist_free, name, mm, buf)
+    def _adopt(self, fl: Any) -> None:
         self._capacity = int(lib.rseq_py_freelist_capacity(fl))
-        return self
 
     @classmethod
     def create(cls, name: str, capacity: int, *, per_cpu: Optional[int] = None) -> "PerCpuFreelist":
@@ -119,13 +115,10 @@ class PerCpuFreelist(_segment.Shareable):
         """
         capacity, pc = cls._check(capacity, per_cpu)
         _segment.path_of(name)
-        nbytes = lib.rseq_py_freelist_shared_size(capacity, pc)
-        mm, buf = _segment.create(name, nbytes)
-        fl = lib.rseq_py_freelist_create_at(buf, nbytes, capacity, pc)
-        if fl == ffi.NULL:  # pragma: no cover - only on out of memory
-            _segment.unlink(name)
-            raise MemoryError(f"cannot lay out shared freelist {name!r}")
-        return cls._over(fl, name, mm, buf)
+        return cls._create_shared(
+            name, lib.rseq_py_freelist_shared_size(capacity, pc),
+            lambda buf, nbytes: lib.rseq_py_freelist_create_at(buf, nbytes, capacity, pc),
+            lib.rseq_py_freelist_free)
 
     @classmethod
     def attach(cls, name: str) -> "PerCpuFreelist":
@@ -136,11 +129,8 @@ class PerCpuFreelist(_segment.Shareable):
             SegmentError: the segment is not a usable freelist (the message
                 says why: foreign, truncated, incomplete, a counter, ...).
         """
-        mm, buf = _segment.attach(name, lib.RSEQ_PY_KIND_FREELIST, "PerCpuFreelist")
-        fl = lib.rseq_py_freelist_attach_at(buf, len(mm))
-        if fl == ffi.NULL:  # pragma: no cover - only on out of memory
-            raise MemoryError(f"cannot attach shared freelist {name!r}")
-        return cls._over(fl, name, mm, buf)
+        return cls._attach_shared(name, lib.RSEQ_PY_KIND_FREELIST,
+                                  lib.rseq_py_freelist_attach_at, lib.rseq_py_freelist_free)
 
     @property
     def capacity(self) -> int:

@@ -14,9 +14,8 @@ import uuid
 
 import pytest
 
-import rseq_py
 from rseq_py import PerCpuCounter, SegmentError
-from support import run_python, scaled
+from support import scaled
 
 SHM = "/dev/shm/rseq_py."
 
