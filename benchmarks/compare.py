@@ -11,6 +11,8 @@ ns/op is wall time over all the ops of one timed call, all threads together
 the C side's own clock (median ``total_mops``), which leaves thread creation
 out.  ratio = entry ns/op / ours ns/op, so above 1 means slower than ours.
 One run's ratios are comparable; absolute numbers across runs are not.
+Then, for the -threads-N and -procs-N groups, each entry's total throughput
+at every N and its ratio to N x its own one-thread (one-process) rate.
 """
 
 from __future__ import annotations
@@ -54,6 +56,37 @@ def table(data: dict) -> str:
     return "\n".join(out)
 
 
+def scaling(data: dict) -> str:
+    """For groups ending in -threads-N or -procs-N: each entry's total
+    throughput at N and its ratio to N x its own throughput at N = 1
+    (1.0 = perfect scaling; what a lock collapses to shows here)."""
+    series = defaultdict(dict)  # (family, impl) -> {n: Mops/s}
+    for b in data["benchmarks"]:
+        m = re.fullmatch(r"(.*-(?:threads|procs))-(\d+)", b["group"] or "")
+        if m:
+            series[(m.group(1), b["extra_info"]["impl"])][int(m.group(2))] = 1e3 / ns_per_op(b)
+    out = []
+    for family in sorted({f for f, _ in series}):
+        impls = sorted(i for f, i in series if f == family)
+        ns = sorted({n for (f, _), pts in series.items() if f == family for n in pts})
+        out.append(f"\n{family}-N: total Mops/s (ratio to N x the 1-{family.rsplit('-', 1)[1][:-1]} rate)")
+        w = max(36, *(len(i) + 2 for i in impls))
+        out.append(f"  {'impl':<{w}}" + "".join(f"{'N=' + str(n):>18}" for n in ns))
+        for impl in impls:
+            pts = series[(family, impl)]
+            one = pts.get(1)
+            cells = []
+            for n in ns:
+                if n not in pts:
+                    cells.append(f"{'-':>18}")
+                elif one:
+                    cells.append(f"{pts[n]:9.2f} ({pts[n] / (n * one):4.2f})".rjust(18))
+                else:
+                    cells.append(f"{pts[n]:9.2f}".rjust(18))
+            out.append(f"  {impl:<{w}}" + "".join(cells))
+    return "\n".join(out)
+
+
 def main(argv: list) -> int:
     if argv[:1] == ["--run"]:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +106,7 @@ def main(argv: list) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     print(table(data))
+    print(scaling(data))
     return 0
 
 
