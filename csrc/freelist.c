@@ -526,7 +526,8 @@ static rseq_py_freelist *describe(char *base, const struct layout *l, int shared
     return fl;
 }
 
-static void init_control(char *base, const struct layout *l, uint64_t capacity, int shared)
+/* 0, or an errno value when the pool's mutex cannot be made. */
+static int init_control(char *base, const struct layout *l, uint64_t capacity, int shared)
 {
     struct rseq_py_fl_control *ctl = (struct rseq_py_fl_control *)(base + l->control);
     memset(base + l->control, 0, l->pool - l->control); /* control and blocks */
@@ -542,8 +543,16 @@ static void init_control(char *base, const struct layout *l, uint64_t capacity, 
         pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
         pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     }
-    pthread_mutex_init(&ctl->pool_lock, &a);
+    int r = pthread_mutex_init(&ctl->pool_lock, &a);
+    if (r == ENOTSUP && shared) {
+        /* No robust futexes here (qemu-user cannot emulate them): still
+         * process-shared, without recovery from a holder's death. */
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_STALLED);
+        r = pthread_mutex_init(&ctl->pool_lock, &a);
+        ctl->not_robust = 1;
+    }
     pthread_mutexattr_destroy(&a);
+    return r;
 }
 
 rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
@@ -554,7 +563,10 @@ rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
     char *mem = aligned_alloc(128, l.total);
     if (mem == NULL)
         return NULL;
-    init_control(mem, &l, capacity, 0);
+    if (init_control(mem, &l, capacity, 0) != 0) {
+        free(mem);
+        return NULL;
+    }
     rseq_py_freelist *fl = describe(mem, &l, 0);
     if (fl == NULL)
         free(mem);
@@ -589,7 +601,8 @@ rseq_py_freelist *rseq_py_freelist_create_at(void *mem, uint64_t size, uint64_t 
     h->geometry[0] = capacity;
     h->geometry[1] = l.per_cpu;
     h->geometry[2] = l.stride;
-    init_control(mem, &l, capacity, 1);
+    if (init_control(mem, &l, capacity, 1) != 0)
+        return NULL;
     rseq_py_freelist *fl = describe(mem, &l, 1);
     if (fl != NULL)
         rseq_py_segment_ready(h);
@@ -621,6 +634,7 @@ void rseq_py_freelist_free(rseq_py_freelist *fl)
 uint64_t rseq_py_freelist_capacity(const rseq_py_freelist *fl) { return fl->capacity; }
 uint32_t rseq_py_freelist_per_cpu(const rseq_py_freelist *fl) { return fl->per_cpu; }
 int rseq_py_freelist_uses_sections(const rseq_py_freelist *fl) { return fl->sections; }
+int rseq_py_freelist_robust(const rseq_py_freelist *fl) { return !fl->ctl->not_robust; }
 
 uint64_t rseq_py_freelist_len(const rseq_py_freelist *fl)
 {

@@ -147,6 +147,7 @@ struct rseq_py_fl_control {
     /* A move between a stack and the pool in progress (shared segments):
      * what recovery needs if its process dies holding the pool lock. */
     uint64_t j_op, j_cpu, j_k, j_word_after, j_limit_before, j_pool_count_before;
+    uint64_t not_robust;   /* the creator's libc/kernel had no robust mutexes */
     pthread_mutex_t pool_lock; /* process-shared and robust in a segment */
 } __attribute__((aligned(128)));
 

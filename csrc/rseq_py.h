@@ -164,6 +164,9 @@ void rseq_py_freelist_free(rseq_py_freelist *fl);
 uint64_t rseq_py_freelist_capacity(const rseq_py_freelist *fl);
 uint32_t rseq_py_freelist_per_cpu(const rseq_py_freelist *fl);
 int rseq_py_freelist_uses_sections(const rseq_py_freelist *fl);
+/* 1 unless the segment's creator had no robust mutexes (qemu-user): then a
+ * process dying while it holds the pool lock blocks the others. */
+int rseq_py_freelist_robust(const rseq_py_freelist *fl);
 /* Shared freelists: as for counters (rseq_py_counter_create_at). */
 uint64_t rseq_py_freelist_shared_size(uint64_t capacity, uint32_t per_cpu);
 rseq_py_freelist *rseq_py_freelist_create_at(void *mem, uint64_t size, uint64_t capacity,

@@ -138,6 +138,16 @@ class PerCpuFreelist(_segment.Shareable):
         return self._capacity
 
     @property
+    def robust(self) -> bool:
+        """Whether the death of a process holding the pool's lock is recovered from.
+
+        True wherever robust mutexes exist (any Linux kernel).  False only for
+        a shared freelist created where they do not (qemu-user): there a
+        process killed inside a pool operation blocks the others' slow paths.
+        """
+        return bool(lib.rseq_py_freelist_robust(self._live()))
+
+    @property
     def per_cpu(self) -> int:
         """Room of each CPU's stack."""
         return int(lib.rseq_py_freelist_per_cpu(self._live()))

@@ -37,6 +37,7 @@ def test_lifecycle_and_pickling(name):
     fl.push_many(range(50))
     with PerCpuFreelist.attach(name) as other:
         assert len(other) == 50 and other.capacity == 100 and other.per_cpu == 8
+        assert other.robust == fl.robust
         h = other.pop()
     assert other.closed and repr(other) == f"PerCpuFreelist(name={name!r}, capacity=100, closed)"
     with pytest.raises(ValueError, match="is closed"):
@@ -133,6 +134,8 @@ def test_sigkill_loses_only_what_the_killed_held(name):
     handles, batch, workers, kills = 3000, 6, 4, scaled(60)
     # Room for credits a killed process may have held in hand.
     fl = PerCpuFreelist.create(name, capacity=handles + kills * 64, per_cpu=8)
+    if not fl.robust:
+        pytest.skip("no robust mutexes here (qemu-user): a kill inside the pool lock would block")
     fl.push_many(range(handles))
     rng = random.Random(99)
     live: dict[int, tuple[int, bytearray]] = {}
@@ -239,6 +242,8 @@ def test_a_process_dying_mid_move_loses_and_duplicates_nothing(name, point, rest
     cpu = allowed_cpus()[0]
     os.sched_setaffinity(0, {cpu})
     fl = PerCpuFreelist.create(name, capacity=1000, per_cpu=16)
+    if point != "owning-stack" and not fl.robust:
+        pytest.skip("no robust mutexes here (qemu-user): the pool lock of a dead process stays held")
     fl.push_many(range(500))  # this CPU's stack holds some, the pool the rest
     out = fl.pop_many(20) if point.startswith("refill") else []  # leave the stack room
     kept = sorted(set(range(500)) - set(out))
