@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -107,11 +108,22 @@ static int affinity_fence(uint32_t cpu)
     return 0;
 }
 
+/* An owner that will never release: in a shared segment, one whose process
+ * died; in a private freelist, one inherited from the parent by fork() (the
+ * thread that held it does not exist in this process). */
+static int owner_gone(const rseq_py_freelist *fl, uint64_t owner)
+{
+    if (fl->shared)
+        return !owner_alive(owner);
+    return (pid_t)(owner >> 32) != getpid();
+}
+
 /* Take CPU cpu's stack.  wait == 0: give up (return 0) if another slow path
  * owns it.  Acquire pairs with the owner's release of stop, so its edits
  * are visible to us.  In a shared segment, a stop word whose owner's
  * process died is taken over (after the pool lock, whose robust recovery
- * repairs any move that process left half done), and a CPU that cannot be
+ * repairs any move that process left half done; likewise a private stop word
+ * inherited across fork(), see fork_child), and a CPU that cannot be
  * fenced is not taken (return 0 even when waiting). */
 static int own(rseq_py_freelist *fl, uint32_t cpu, int wait)
 {
@@ -122,13 +134,15 @@ static int own(rseq_py_freelist *fl, uint32_t cpu, int wait)
         if (__atomic_compare_exchange_n(stop, &expected, token, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_RELAXED))
             break;
-        if (fl->shared && !owner_alive(expected)) {
+        if (owner_gone(fl, expected)) {
             pool_lock(fl);
             int took = __atomic_compare_exchange_n(stop, &expected, token, 0, __ATOMIC_SEQ_CST,
                                                    __ATOMIC_RELAXED);
             pool_unlock(fl);
-            if (took)
+            if (took) {
+                STAT_INC(owner_takeovers);
                 break;
+            }
             continue;
         }
         if (!wait)
@@ -244,8 +258,9 @@ static uint64_t refill(rseq_py_freelist *fl, uint32_t cpu, struct block *b, uint
     return k;
 }
 
-/* The pool lock's previous holder died (shared segments only): finish or
- * undo the move it journaled.  Its stack is still owned by the dead token,
+/* The pool lock's previous holder died (shared segments), or was a thread
+ * fork() did not copy (private, see fork_child): finish or undo the move it
+ * journaled.  Its stack is still owned by the dead token,
  * so nothing touched the stack since. */
 static void recover(rseq_py_freelist *fl)
 {
@@ -253,6 +268,7 @@ static void recover(rseq_py_freelist *fl)
     uint64_t op = load(&ctl->j_op);
     if (op == J_NONE)
         return;
+    STAT_INC(moves_recovered);
     struct block *b = block(fl, (uint32_t)ctl->j_cpu);
     int stack_committed = load(&b->word) == ctl->j_word_after;
     uint64_t k = ctl->j_k, pc = ctl->j_pool_count_before;
@@ -485,7 +501,7 @@ static uint64_t pop_slow(rseq_py_freelist *fl, int64_t *dst, uint64_t n)
 
 /* Layout, shared or private: the control block, the CPU blocks, the pool. */
 struct layout {
-    uint64_t per_cpu, stride, control, blocks, pool, total;
+    uint64_t capacity, per_cpu, stride, control, blocks, pool, total;
 };
 
 static int plan(uint64_t capacity, uint32_t per_cpu, uint64_t offset, struct layout *l)
@@ -493,6 +509,7 @@ static int plan(uint64_t capacity, uint32_t per_cpu, uint64_t offset, struct lay
     if (capacity == 0 || capacity > RSEQ_PY_FREELIST_MAX || per_cpu > RSEQ_PY_FREELIST_PER_CPU_MAX)
         return -1;
     rseq_py_init(RSEQ_PY_REQUEST_AUTO);
+    l->capacity = capacity;
     l->per_cpu = per_cpu == 0 ? DEFAULT_PER_CPU : per_cpu;
     if (l->per_cpu > capacity)
         l->per_cpu = capacity;
@@ -514,8 +531,10 @@ static rseq_py_freelist *describe(char *base, const struct layout *l, int shared
     fl->g.stride = l->stride;
     fl->g.nslots = rseq_py_nslots;
     fl->pool = (int64_t *)(base + l->pool);
-    fl->capacity = fl->ctl->capacity;
-    fl->per_cpu = fl->ctl->per_cpu;
+    /* From the layout (the creator's arguments, or a checked header), not
+     * the control block: rseq_py_freelist_check compares the two. */
+    fl->capacity = l->capacity;
+    fl->per_cpu = l->per_cpu;
     fl->batch = fl->ctl->batch;
     fl->shared = shared;
 #ifndef RSEQ_PY_NO_ASM
@@ -552,7 +571,60 @@ static int init_control(char *base, const struct layout *l, uint64_t capacity, i
         ctl->not_robust = 1;
     }
     pthread_mutexattr_destroy(&a);
+    if (r == 0) {
+        /* glibc's first lock of a robust mutex leaves a byte changed for
+         * good; take it once here, so that later users (an attach that only
+         * checks the segment) leave the file byte for byte as they found it. */
+        pthread_mutex_lock(&ctl->pool_lock);
+        pthread_mutex_unlock(&ctl->pool_lock);
+    }
     return r;
+}
+
+/* fork() copies a private freelist as the other threads left it: maybe
+ * with the pool lock held, a move half done, or stop words owned by threads
+ * the child does not have.  The child gets a fresh pool lock and finishes
+ * or undoes the journaled move, exactly as after an owner's death in a
+ * shared segment; inherited stop words are taken over lazily (owner_gone).
+ * Handles that those threads held in hand are not in the child, as for any
+ * thread that is not copied.  Shared segments need none of this: their
+ * locks' holders live on in the parent and release them there. */
+static pthread_mutex_t private_lock = PTHREAD_MUTEX_INITIALIZER;
+static rseq_py_freelist *private_list;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void) { pthread_mutex_lock(&private_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&private_lock); }
+
+static void fork_child(void)
+{
+    for (rseq_py_freelist *fl = private_list; fl != NULL; fl = fl->next_private) {
+        pthread_mutex_init(&fl->ctl->pool_lock, NULL);
+        recover(fl);
+    }
+    pthread_mutex_init(&private_lock, NULL);
+}
+
+static void install_atfork(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
+static void track_private(rseq_py_freelist *fl)
+{
+    pthread_once(&atfork_once, install_atfork);
+    pthread_mutex_lock(&private_lock);
+    fl->next_private = private_list;
+    private_list = fl;
+    pthread_mutex_unlock(&private_lock);
+}
+
+static void untrack_private(rseq_py_freelist *fl)
+{
+    pthread_mutex_lock(&private_lock);
+    for (rseq_py_freelist **p = &private_list; *p != NULL; p = &(*p)->next_private)
+        if (*p == fl) {
+            *p = fl->next_private;
+            break;
+        }
+    pthread_mutex_unlock(&private_lock);
 }
 
 rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
@@ -560,7 +632,9 @@ rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
     struct layout l;
     if (plan(capacity, per_cpu, 0, &l) != 0)
         return NULL;
-    char *mem = aligned_alloc(128, l.total);
+    /* aligned_alloc wants a size that is a multiple of the alignment (C11;
+     * ASan enforces it): the pool's end need not be. */
+    char *mem = aligned_alloc(128, (l.total + 127) / 128 * 128);
     if (mem == NULL)
         return NULL;
     if (init_control(mem, &l, capacity, 0) != 0) {
@@ -568,10 +642,12 @@ rseq_py_freelist *rseq_py_freelist_new(uint64_t capacity, uint32_t per_cpu)
         return NULL;
     }
     rseq_py_freelist *fl = describe(mem, &l, 0);
-    if (fl == NULL)
+    if (fl == NULL) {
         free(mem);
-    else
-        fl->mem = mem;
+        return NULL;
+    }
+    fl->mem = mem;
+    track_private(fl);
     return fl;
 }
 
@@ -625,6 +701,7 @@ void rseq_py_freelist_free(rseq_py_freelist *fl)
     if (fl == NULL)
         return;
     if (fl->mem != NULL) { /* a segment's mutex belongs to every process using it */
+        untrack_private(fl);
         pthread_mutex_destroy(&fl->ctl->pool_lock);
         free(fl->mem);
     }
@@ -786,6 +863,56 @@ void rseq_py_freelist_test_crash(rseq_py_freelist *fl, int point)
 }
 
 /* Every CPU in turn, then the pool.  dst has room for capacity handles. */
+/* Every invariant of the control block and the stacks that holds at any
+ * instant while we hold the pool lock (limits only grow under it, credits
+ * leave free_credits before they join a limit).  A segment that breaks one
+ * was overwritten, and trusting it would write past a stack, the pool or a
+ * caller's buffer. */
+int rseq_py_freelist_check(rseq_py_freelist *fl, char *why, uint64_t whylen)
+{
+    const struct rseq_py_fl_control *ctl = fl->ctl;
+    int bad = 1;
+    pool_lock(fl);
+    uint64_t pc = load(&ctl->pool_count), free_c = load(&ctl->free_credits);
+    uint64_t sum = pc + free_c;
+    if (ctl->capacity != fl->capacity || ctl->per_cpu != fl->per_cpu)
+        snprintf(why, whylen, "its control block says capacity %llu, per_cpu %llu; its header "
+                 "says capacity %llu, per_cpu %llu", (unsigned long long)ctl->capacity,
+                 (unsigned long long)ctl->per_cpu, (unsigned long long)fl->capacity,
+                 (unsigned long long)fl->per_cpu);
+    else if (ctl->batch < 1 || ctl->batch > fl->per_cpu)
+        snprintf(why, whylen, "its batch size %llu is outside 1..per_cpu (%llu)",
+                 (unsigned long long)ctl->batch, (unsigned long long)fl->per_cpu);
+    else if (pc > fl->capacity || free_c > fl->capacity)
+        snprintf(why, whylen, "its pool holds %llu and its free credits are %llu, beyond "
+                 "capacity %llu", (unsigned long long)pc, (unsigned long long)free_c,
+                 (unsigned long long)fl->capacity);
+    else if (load(&ctl->j_op) > J_REFILL || ctl->j_cpu >= fl->g.nslots || ctl->j_k > fl->per_cpu)
+        snprintf(why, whylen, "its move journal is garbage (op %llu, cpu %llu, k %llu)",
+                 (unsigned long long)ctl->j_op, (unsigned long long)ctl->j_cpu,
+                 (unsigned long long)ctl->j_k);
+    else
+        bad = 0;
+    for (uint32_t cpu = 0; !bad && cpu < fl->g.nslots; cpu++) {
+        const struct block *b = block(fl, cpu);
+        uint64_t count = COUNT(load(&b->word)), limit = load(&b->limit);
+        if (count > fl->per_cpu || limit > fl->per_cpu) {
+            snprintf(why, whylen, "CPU %u's stack says %llu handles, room for %llu, beyond "
+                     "per_cpu %llu", cpu, (unsigned long long)count, (unsigned long long)limit,
+                     (unsigned long long)fl->per_cpu);
+            bad = 1;
+        }
+        sum += limit;
+    }
+    if (!bad && sum > fl->capacity) {
+        snprintf(why, whylen, "its stacks, pool and free credits account for %llu handles, "
+                 "beyond capacity %llu", (unsigned long long)sum, (unsigned long long)fl->capacity);
+        bad = 1;
+    }
+    pool_unlock(fl);
+    return bad ? -1 : 0;
+}
+
 uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst)
 {
     uint64_t n = 0;
@@ -794,15 +921,20 @@ uint64_t rseq_py_freelist_drain(rseq_py_freelist *fl, int64_t *dst)
         if (!own(fl, cpu, 1))
             continue; /* a CPU this process may not run on (shared segments) */
         uint64_t w = load(&b->word), count = COUNT(w);
+        if (count > fl->capacity - n) /* only an overwritten segment gets here */
+            count = fl->capacity - n;
         memcpy(dst + n, b->items, count * 8);
         n += count;
         store(&b->word, WORD(0, PUSHES(w))); /* their credits stay as free space */
         release(fl, cpu);
     }
     pool_lock(fl);
-    memcpy(dst + n, fl->pool, fl->ctl->pool_count * 8);
-    n += fl->ctl->pool_count;
-    give_credits(fl, fl->ctl->pool_count);
+    uint64_t pc = fl->ctl->pool_count;
+    if (pc > fl->capacity - n) /* as above: never past dst's capacity handles */
+        pc = fl->capacity - n;
+    memcpy(dst + n, fl->pool, pc * 8);
+    n += pc;
+    give_credits(fl, pc);
     store(&fl->ctl->pool_count, 0);
     pool_unlock(fl);
     return n;

@@ -38,7 +38,14 @@ enum rseq_py_mode {
 
 extern HIDDEN int rseq_py_mode;
 extern HIDDEN ptrdiff_t rseq_py_glibc_offset;
-extern HIDDEN __thread struct rseq_py_area *rseq_py_self_area;
+/* initial-exec: the pointer lives in static TLS, set up when the thread is
+ * created.  With the default (lazy, dynamic) TLS of a dlopen'ed module, the
+ * first access allocates the thread's block; a signal handler that counts
+ * during that first access would allocate a second block and lose the
+ * registration recorded in the first.  One pointer fits the static TLS
+ * surplus glibc keeps for dlopen'ed modules (a whole area would not). */
+extern HIDDEN __thread struct rseq_py_area *rseq_py_self_area
+    __attribute__((tls_model("initial-exec")));
 extern HIDDEN uint32_t rseq_py_nslots;
 
 HIDDEN struct rseq_py_area *rseq_py_self_register(void);
@@ -67,6 +74,8 @@ struct rseq_py_counters_internal {
     uint64_t self_registrations;
     uint64_t self_unregistrations;
     uint64_t self_registration_failures;
+    uint64_t owner_takeovers;
+    uint64_t moves_recovered;
 };
 extern HIDDEN struct rseq_py_counters_internal rseq_py_stat;
 
@@ -87,6 +96,10 @@ HIDDEN int rseq_py_percpu_add_inject(struct rseq_py_area *area, int64_t *slot0,
 /* Set by the stress driver, read by the _inject sections. */
 extern HIDDEN volatile uint64_t rseq_py_inject_loops;
 extern HIDDEN uint64_t rseq_py_inject_aborts;
+/* Stress runs: when set, the workers' signal handler adds 1 to counter 0 of
+ * this counter (and counts it in rseq_py_handler_adds). */
+extern HIDDEN rseq_py_counter *volatile rseq_py_handler_counter;
+extern HIDDEN uint64_t rseq_py_handler_adds;
 
 /* ---- workers.c (stress drivers) ------------------------------------------ */
 
@@ -162,6 +175,7 @@ struct rseq_py_freelist {
     int shared;            /* in a segment other processes map: affinity fences,
                               dead owners taken over, journaled moves */
     void *mem;             /* what to free: NULL for a segment */
+    struct rseq_py_freelist *next_private; /* the process's private freelists (fork) */
 };
 
 /* ops == NULL: the owner (lock) path only. */

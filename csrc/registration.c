@@ -13,8 +13,10 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -39,7 +41,7 @@ _Static_assert(offsetof(struct rseq_py_area, mm_cid) == RSEQ_PY_AREA_MM_CID, "ab
 
 HIDDEN int rseq_py_mode = RSEQ_PY_MODE_UNDECIDED;
 HIDDEN ptrdiff_t rseq_py_glibc_offset;
-HIDDEN __thread struct rseq_py_area *rseq_py_self_area;
+HIDDEN __thread struct rseq_py_area *rseq_py_self_area __attribute__((tls_model("initial-exec")));
 HIDDEN uint32_t rseq_py_nslots = 1;
 HIDDEN struct rseq_py_counters_internal rseq_py_stat;
 
@@ -50,6 +52,7 @@ static char reason[512];
 static pthread_key_t self_area_key;
 static uint32_t self_len;   /* rseq_len passed to the kernel */
 static uint32_t self_align;
+static size_t self_bytes;    /* bytes mapped for each area: whole pages */
 static uint32_t usable_size; /* bytes of the area the kernel fills */
 
 /* A thread whose registration failed points here: cpu_id -2 makes every
@@ -112,29 +115,35 @@ static void self_area_destructor(void *p)
      * it is unregistered: unregister before the memory goes back. */
     if (sys_rseq(a, self_len, RSEQ_FLAG_UNREGISTER, RSEQ_PY_SIG) == 0)
         STAT_INC(self_unregistrations);
-    rseq_py_self_area = NULL;
-    free(a);
+    /* Not NULL: a handler that counts on this exiting thread must not
+     * register a new area that no destructor would release.  The rest of
+     * its life takes the slow path. */
+    rseq_py_self_area = &failed_area;
+    munmap(a, self_bytes);
 }
 
-/* A zeroed area registered for the calling thread, or NULL with errno set. */
+/* A zeroed area registered for the calling thread, or NULL with errno set.
+ * mmap, not malloc: a counter add in a signal handler may get here (its
+ * thread's first operation), and malloc is not async-signal-safe. */
 static struct rseq_py_area *new_registered_area(void)
 {
-    size_t bytes = (self_len + self_align - 1) / self_align * self_align;
-    struct rseq_py_area *a = aligned_alloc(self_align, bytes);
-    if (a == NULL)
+    struct rseq_py_area *a =
+        mmap(NULL, self_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED)
         return NULL;
-    memset(a, 0, bytes);
     a->cpu_id = (uint32_t)-1;
     if (sys_rseq(a, self_len, 0, RSEQ_PY_SIG) != 0) {
         int e = errno;
-        free(a);
+        munmap(a, self_bytes);
         errno = e;
         return NULL;
     }
-    /* The key's destructor unregisters and frees it at thread exit. */
+    /* The key's destructor unregisters and unmaps it at thread exit.  (glibc's
+     * setspecific for an early key only stores into the thread's own
+     * descriptor: no allocation, safe in a handler.) */
     if (pthread_setspecific(self_area_key, a) != 0) {
         sys_rseq(a, self_len, RSEQ_FLAG_UNREGISTER, RSEQ_PY_SIG);
-        free(a);
+        munmap(a, self_bytes);
         errno = ENOMEM;
         return NULL;
     }
@@ -143,15 +152,26 @@ static struct rseq_py_area *new_registered_area(void)
     return a;
 }
 
-/* First operation of a thread in self-registration mode. */
+/* First operation of a thread in self-registration mode.  Signals are
+ * blocked meanwhile, so a handler that counts never finds the thread half
+ * registered (area given to the kernel, rseq_py_self_area not yet set); a
+ * handler that ran just before the block registered it completely, hence
+ * the second look. */
 HIDDEN struct rseq_py_area *rseq_py_self_register(void)
 {
-    struct rseq_py_area *a = new_registered_area();
-    if (a != NULL)
-        return a;
-    STAT_INC(self_registration_failures);
-    rseq_py_self_area = &failed_area;
-    return &failed_area;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    struct rseq_py_area *a = rseq_py_self_area;
+    if (a == NULL) {
+        a = new_registered_area();
+        if (a == NULL) {
+            STAT_INC(self_registration_failures);
+            rseq_py_self_area = a = &failed_area;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return a;
 }
 
 static int decide(int request)
@@ -216,6 +236,11 @@ static int decide(int request)
         self_len = (self_len + self_align - 1) / self_align * self_align;
     usable_size = kernel_fills;
     info.area_size = self_len;
+    {
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t need = (self_len + self_align - 1) / self_align * self_align;
+        self_bytes = (need + page - 1) / page * page; /* page-aligned, so self_align-aligned */
+    }
 
     if (pthread_key_create(&self_area_key, self_area_destructor) != 0) {
         snprintf(reason, sizeof reason, "pthread_key_create failed: cannot unregister at thread exit");
@@ -280,6 +305,8 @@ void rseq_py_get_stats(struct rseq_py_stats *out)
     out->self_unregistrations = __atomic_load_n(&rseq_py_stat.self_unregistrations, __ATOMIC_RELAXED);
     out->self_registration_failures =
         __atomic_load_n(&rseq_py_stat.self_registration_failures, __ATOMIC_RELAXED);
+    out->owner_takeovers = __atomic_load_n(&rseq_py_stat.owner_takeovers, __ATOMIC_RELAXED);
+    out->moves_recovered = __atomic_load_n(&rseq_py_stat.moves_recovered, __ATOMIC_RELAXED);
     out->self_registrations_live =
         (int64_t)(out->self_registrations - out->self_unregistrations);
 }

@@ -74,6 +74,9 @@ struct rseq_py_stats {
     uint64_t self_unregistrations;
     uint64_t self_registration_failures;
     int64_t self_registrations_live;
+    uint64_t owner_takeovers;    /* freelist stacks taken from an owner that was
+                                    gone (dead process, or a thread not copied by fork) */
+    uint64_t moves_recovered;    /* freelist pool moves finished or undone for them */
 };
 void rseq_py_get_stats(struct rseq_py_stats *out);
 
@@ -172,6 +175,9 @@ uint64_t rseq_py_freelist_shared_size(uint64_t capacity, uint32_t per_cpu);
 rseq_py_freelist *rseq_py_freelist_create_at(void *mem, uint64_t size, uint64_t capacity,
                                              uint32_t per_cpu);
 rseq_py_freelist *rseq_py_freelist_attach_at(void *mem, uint64_t size);
+/* Attached segments: 0, or -1 with the reason in why[whylen] when its
+ * control block or stacks break an invariant (the segment was overwritten). */
+int rseq_py_freelist_check(rseq_py_freelist *fl, char *why, uint64_t whylen);
 /* Handles held: exact when no operation runs concurrently. */
 uint64_t rseq_py_freelist_len(const rseq_py_freelist *fl);
 /* 0, or -1 when the freelist already holds capacity handles. */
@@ -220,6 +226,8 @@ struct rseq_py_stress_config {
     uint64_t inject_loops;       /* delay inside the section (inject/unprotected) */
     uint32_t signal_interval_us; /* 0: no signals; else every worker is
                                     signalled at about this interval */
+    int handler_adds;            /* 1: the signal handler adds 1 to counter 0
+                                    too (counters are async-signal-safe) */
 };
 
 struct rseq_py_stress_result {
@@ -229,6 +237,7 @@ struct rseq_py_stress_result {
     uint64_t signals;            /* signals delivered to workers */
     uint64_t escapes;            /* slow paths taken during the run */
     uint64_t exhausted;
+    uint64_t handler_adds;       /* adds made by the signal handler (in expected) */
     uint64_t elapsed_ns;
     int error;                   /* 0, or an errno value */
 };

@@ -95,11 +95,17 @@ int rseq_py_counter_stress(rseq_py_counter *c, const struct rseq_py_stress_confi
     rseq_py_get_stats(&s0);
     uint64_t aborts0 = __atomic_load_n(&rseq_py_inject_aborts, __ATOMIC_RELAXED);
     rseq_py_inject_loops = cfg->inject_loops;
+    uint64_t handler0 = __atomic_load_n(&rseq_py_handler_adds, __ATOMIC_RELAXED);
+    if (cfg->handler_adds)
+        rseq_py_handler_counter = c;
 
     r->error = rseq_py_run_workers(cfg->threads, worker_main, w, sizeof *w,
                                    cfg->signal_interval_us, &r->signals, &r->elapsed_ns);
 
     rseq_py_inject_loops = 0;
+    rseq_py_handler_counter = NULL;
+    r->handler_adds = __atomic_load_n(&rseq_py_handler_adds, __ATOMIC_RELAXED) - handler0;
+    r->expected = (int64_t)r->handler_adds;
     for (uint32_t i = 0; i < cfg->threads; i++)
         r->expected = (int64_t)((uint64_t)r->expected + (uint64_t)w[i].added);
     r->observed = (int64_t)((uint64_t)total(c, vals) - (uint64_t)before);

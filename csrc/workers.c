@@ -16,6 +16,9 @@
 HIDDEN volatile uint64_t rseq_py_inject_loops;
 HIDDEN uint64_t rseq_py_inject_aborts;
 
+HIDDEN rseq_py_counter *volatile rseq_py_handler_counter;
+HIDDEN uint64_t rseq_py_handler_adds;
+
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t signals_handled;
 
@@ -34,9 +37,19 @@ struct start {
     volatile int done;
 };
 
+/* With a handler counter set, the handler counts too, on the thread it
+ * interrupted, often in the middle of that thread's own section: the kernel
+ * has already moved the interrupted section to its abort handler when this
+ * runs (signal delivery is a preemption point), so the handler's section
+ * and the restarted one never both commit against the same load. */
 static void on_signal(int sig)
 {
     (void)sig;
+    rseq_py_counter *c = rseq_py_handler_counter;
+    if (c != NULL) {
+        rseq_py_counter_add(c, 0, 1);
+        __atomic_fetch_add(&rseq_py_handler_adds, 1, __ATOMIC_RELAXED);
+    }
     __atomic_fetch_add(&signals_handled, 1, __ATOMIC_RELAXED);
 }
 

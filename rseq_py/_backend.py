@@ -118,6 +118,11 @@ class Stats:
         self_unregistrations: of those, unregistered at thread exit.
         self_registration_failures: threads whose registration failed.
         self_registrations_live: registered now (registrations - unregistrations).
+        owner_takeovers: freelist stacks taken over from an owner that was gone
+            (a killed process of a shared segment, or a thread that fork() did
+            not copy into this process).
+        moves_recovered: freelist pool moves such an owner left half done,
+            finished or undone.
     """
 
     escapes: int
@@ -127,6 +132,8 @@ class Stats:
     self_unregistrations: int
     self_registration_failures: int
     self_registrations_live: int
+    owner_takeovers: int
+    moves_recovered: int
 
 
 def stats() -> Stats:

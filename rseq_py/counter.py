@@ -120,7 +120,7 @@ class PerCpuCounter(_segment.Shareable):
     @property
     def cpu_slots(self) -> int:
         """Number of per-CPU slots each counter has (possible CPUs)."""
-        return int(lib.rseq_py_counter_cpu_slots(self._c))
+        return int(lib.rseq_py_counter_cpu_slots(self._live()))
 
     def __len__(self) -> int:
         return self._size

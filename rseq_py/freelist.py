@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, Iterable, List, Optional
 
 from . import _segment
@@ -129,8 +130,23 @@ class PerCpuFreelist(_segment.Shareable):
             SegmentError: the segment is not a usable freelist (the message
                 says why: foreign, truncated, incomplete, a counter, ...).
         """
-        return cls._attach_shared(name, lib.RSEQ_PY_KIND_FREELIST,
-                                  lib.rseq_py_freelist_attach_at, lib.rseq_py_freelist_free)
+        fl = cls._attach_shared(name, lib.RSEQ_PY_KIND_FREELIST,
+                                lib.rseq_py_freelist_attach_at, lib.rseq_py_freelist_free)
+        fl._check_control()
+        return fl
+
+    def _check_control(self) -> None:
+        """The segment's control block and stacks must satisfy the
+        freelist's invariants (capacity and per_cpu as the checked header
+        says, pool and credits within capacity, ...), or it was overwritten
+        and using it would write past its stacks, its pool or this process's
+        buffers."""
+        why = ffi.new("char[]", 256)
+        if lib.rseq_py_freelist_check(self._c, why, 256) != 0:
+            name = self._name
+            self.close()
+            raise _segment.SegmentError(
+                f"cannot attach PerCpuFreelist {name!r}: corrupted: {ffi.string(why).decode()}")
 
     @property
     def capacity(self) -> int:
@@ -190,7 +206,12 @@ class PerCpuFreelist(_segment.Shareable):
     def push_many(self, handles: Iterable[int]) -> None:
         """Push every handle of an iterable, in batches of one section each where possible.
 
-        All handles are validated before any is pushed.
+        The handles are read and validated before any is pushed: if an item
+        is not an int64, or the iterable itself raises, the exception
+        propagates and nothing was pushed.  At most ``capacity + 1`` items
+        are read (no more could ever fit), so an endless or huge iterable
+        pushes what fits and raises :class:`FreelistFull` instead of
+        exhausting memory; items past that are neither read nor checked.
 
         Raises:
             TypeError, OverflowError: as :meth:`push` (nothing pushed).
@@ -198,14 +219,17 @@ class PerCpuFreelist(_segment.Shareable):
                 of the leading handles went in (the rest did not).
         """
         c = self._live()
-        values = [as_int64(h, "handle") for h in handles]
+        values = [as_int64(h, "handle") for h in islice(handles, self._capacity + 1)]
         if not values:
             return
         buf = ffi.new("int64_t[]", values)
         pushed = int(lib.rseq_py_freelist_push_many(c, buf, len(values)))
         if pushed != len(values):
+            of = (f"of {len(values)} handles" if len(values) <= self._capacity else
+                  f"handles of an iterable longer than the capacity (its first {len(values)} "
+                  f"were read)")
             raise FreelistFull(
-                f"freelist full after {pushed} of {len(values)} handles: it holds its capacity "
+                f"freelist full after {pushed} {of}: it holds its capacity "
                 f"of {self._capacity}; the first {pushed} were pushed, the rest were not",
                 pushed=pushed)
 

@@ -57,6 +57,7 @@ class StressResult:
     signals: int
     escapes: int
     exhausted: int
+    handler_adds: int
     elapsed_s: float
 
     @property
@@ -72,6 +73,7 @@ def counter_stress(
     inject_loops: int = 0,
     signal_interval_us: int = 0,
     counter: PerCpuCounter | None = None,
+    handler_adds: bool = False,
 ) -> StressResult:
     """Run ``threads`` pthreads adding to a per-CPU counter and check the total.
 
@@ -87,6 +89,9 @@ def counter_stress(
         signal_interval_us: when > 0, a signaller thread sends every live
             worker a signal about this often.
         counter: count into this counter instead of a fresh one.
+        handler_adds: the signal handler adds 1 to counter 0 as well, on
+            whatever thread it interrupted (often mid-section); those adds
+            are part of ``expected`` and counted in ``handler_adds``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -100,15 +105,21 @@ def counter_stress(
                     ("signal_interval_us", signal_interval_us)):
         if not 0 <= v < 1 << 32:
             raise ValueError(f"{name} must be between 0 and 2**32-1, got {v}")
+    if counter is not None and not isinstance(counter, PerCpuCounter):
+        raise TypeError(f"counter must be a PerCpuCounter, not {type(counter).__name__}")
     c = counter if counter is not None else PerCpuCounter(size)
+    raw = c._live()
     cfg = ffi.new("struct rseq_py_stress_config *")
     cfg.threads = threads
     cfg.ops_per_thread = ops_per_thread
     cfg.variant = VARIANTS[variant]
     cfg.inject_loops = inject_loops
     cfg.signal_interval_us = signal_interval_us
+    if not isinstance(handler_adds, bool):
+        raise TypeError(f"handler_adds must be a bool, not {type(handler_adds).__name__}")
+    cfg.handler_adds = handler_adds
     res = ffi.new("struct rseq_py_stress_result *")
-    err = lib.rseq_py_counter_stress(c._c, cfg, res)
+    err = lib.rseq_py_counter_stress(raw, cfg, res)
     if err:
         raise OSError(err, f"stress run failed: {os.strerror(err)}")
     return from_struct(StressResult, res, variant=variant, threads=threads,
@@ -183,6 +194,9 @@ def freelist_stress(
     if not 1 <= max_batch <= max_held <= 1 << 16:
         raise ValueError(f"need 1 <= max_batch <= max_held <= 65536, got {max_batch}, {max_held}")
     if freelist is not None:
+        if not isinstance(freelist, PerCpuFreelist):
+            raise TypeError(f"freelist must be a PerCpuFreelist, not {type(freelist).__name__}")
+        freelist._live()
         capacity = freelist.capacity
     if not 0 <= handles <= capacity:
         raise ValueError(f"need 0 <= handles <= capacity, got {handles}, {capacity}")
@@ -190,15 +204,22 @@ def freelist_stress(
     cfg = ffi.new("struct rseq_py_fl_stress_config *")
     cfg.external = freelist is not None
     cfg.threads = threads
-    cfg.ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    ops_per_thread = as_int(ops_per_thread, "ops_per_thread")
+    inject_loops = as_int(inject_loops, "inject_loops")
+    signal_interval_us = as_int(signal_interval_us, "signal_interval_us")
+    for name, v in (("ops_per_thread", ops_per_thread), ("inject_loops", inject_loops),
+                    ("signal_interval_us", signal_interval_us)):
+        if not 0 <= v < 1 << 32:
+            raise ValueError(f"{name} must be between 0 and 2**32-1, got {v}")
+    cfg.ops_per_thread = ops_per_thread
     cfg.variant = VARIANTS[variant]
-    cfg.inject_loops = as_int(inject_loops, "inject_loops")
-    cfg.signal_interval_us = as_int(signal_interval_us, "signal_interval_us")
+    cfg.inject_loops = inject_loops
+    cfg.signal_interval_us = signal_interval_us
     cfg.handles = handles
     cfg.max_batch = max_batch
     cfg.max_held = max_held
     res = ffi.new("struct rseq_py_fl_stress_result *")
-    err = lib.rseq_py_freelist_stress(fl._c, cfg, res)
+    err = lib.rseq_py_freelist_stress(fl._live(), cfg, res)
     if err:
         raise OSError(err, f"freelist stress run failed: {os.strerror(err)}")
     return from_struct(FreelistStressResult, res, variant=variant, threads=threads,
