@@ -1,5 +1,6 @@
 """fork(): the child inherits the registration and keeps counting exactly,
-from its main thread and from threads it starts."""
+from its main thread and from threads it starts, even when the fork came
+from a thread while others were in the middle of operations."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import threading
 
 import rseq_py
-from support import oversubscribed_threads, scaled, stress_until_aborts
+from rseq_py.stress import counter_stress, freelist_stress
+from support import allowed_cpus, oversubscribed_threads, scaled, stress_until_aborts
 
 
 def in_child(fn) -> dict:
@@ -90,3 +92,70 @@ def test_fork_while_other_threads_are_adding():
         stop.set()
         for t in adders:
             t.join()
+
+
+def test_fork_from_a_thread_while_c_workers_are_mid_operation():
+    """fork() from a non-main thread while C workers churn a private freelist
+    (small stacks: pool moves and owned stop words all the time) and add to a
+    counter.  Each child inherits whatever those workers left mid-operation:
+    it must not block on a lock or stop word of a thread it does not have,
+    must find no handle twice, and loses only handles the workers held."""
+    handles, threads, max_held = 2000, 8, 16
+    fl = rseq_py.PerCpuFreelist(capacity=handles, per_cpu=8)
+    fl.push_many(range(handles))
+    c = rseq_py.PerCpuCounter()
+    results: dict = {}
+
+    def churn() -> None:
+        results["fl"] = freelist_stress("rseq_inject", threads=threads, ops_per_thread=scaled(150_000),
+                                        handles=handles, max_batch=8, max_held=max_held,
+                                        inject_loops=20, freelist=fl)
+
+    def count() -> None:
+        results["c"] = counter_stress("rseq_inject", threads=threads, ops_per_thread=scaled(400_000),
+                                      inject_loops=20, counter=c)
+
+    def child() -> dict:
+        import signal
+        signal.alarm(60)  # a child stuck on an inherited owner fails the test, not the run
+        s0 = rseq_py.stats()
+        for cpu in allowed_cpus():  # every CPU's stack, even one a worker owned
+            os.sched_setaffinity(0, {cpu})
+            fl.push_many(fl.pop_many(5))
+        start = c.value()
+        for _ in range(1000):
+            c.inc()
+        got = fl.drain()
+        s1 = rseq_py.stats()
+        return dict(got=got, counted=c.value() - start,
+                    takeovers=s1.owner_takeovers - s0.owner_takeovers,
+                    recovered=s1.moves_recovered - s0.moves_recovered)
+
+    workers = [threading.Thread(target=churn), threading.Thread(target=count)]
+    for t in workers:
+        t.start()
+    outs: list[dict] = []
+
+    def forker() -> None:
+        while workers[0].is_alive() or len(outs) < 3:
+            outs.append(in_child(child))
+
+    f = threading.Thread(target=forker)
+    f.start()
+    f.join()
+    for t in workers:
+        t.join()
+    assert results["fl"].exact and results["c"].exact, results
+    for out in outs:
+        got = out["got"]
+        assert len(set(got)) == len(got), "a handle was duplicated across fork"
+        assert all(0 <= h < handles for h in got)
+        assert len(got) >= handles - threads * max_held, len(got)
+        assert out["counted"] == 1000
+    # The inherited owners really were met and taken over (not just luckily absent).
+    assert sum(o["takeovers"] for o in outs) > 0, outs
+    print(f"\n{len(outs)} forks: takeovers {[o['takeovers'] for o in outs]}, "
+          f"moves recovered {sum(o['recovered'] for o in outs)}, "
+          f"handles in the children {min(len(o['got']) for o in outs)}..{max(len(o['got']) for o in outs)}")
+    fl.push_many(range(0))  # the parent's freelist still works
+    assert sorted(fl.drain()) == list(range(handles))
