@@ -198,10 +198,15 @@ def test_sigkill_loses_only_what_the_killed_held(name):
         # (a stop word or the pool lock of a dead process is taken over).
         fl.push_many(fl.pop_many(3))
     # Every survivor is still making progress after all those deaths.
+    # (Waiting up to 30 s: a worker forked just now may take a while to get
+    # going on an emulated machine; a blocked one never reports again.)
     before = {pid: len(buf) for pid, (_, buf) in live.items()}
-    pump(0.5)
-    stuck = [pid for pid, (_, buf) in live.items() if len(buf) == before[pid]]
-    assert not stuck, f"workers {stuck} made no progress: blocked"
+    deadline = time.monotonic() + 30
+    stuck = list(live)
+    while stuck and time.monotonic() < deadline:
+        pump(0.25)
+        stuck = [pid for pid, (_, buf) in live.items() if len(buf) == before[pid]]
+    assert not stuck, f"workers {stuck} made no progress in 30 s: blocked"
     for pid, (r, buf) in live.items():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
