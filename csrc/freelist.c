@@ -545,6 +545,17 @@ static rseq_py_freelist *describe(char *base, const struct layout *l, int shared
     return fl;
 }
 
+/* Whether the kernel (or emulator) really recovers a dead thread's robust
+ * mutexes.  qemu-user answers the robust-list syscalls with ENOSYS while
+ * glibc still initialises robust mutexes without complaint: a lock held by
+ * a killed process would then block everyone, silently. */
+static int robust_futexes(void)
+{
+    void *head;
+    size_t len;
+    return syscall(SYS_get_robust_list, 0, &head, &len) == 0 || errno != ENOSYS;
+}
+
 /* 0, or an errno value when the pool's mutex cannot be made. */
 static int init_control(char *base, const struct layout *l, uint64_t capacity, int shared)
 {
@@ -562,7 +573,7 @@ static int init_control(char *base, const struct layout *l, uint64_t capacity, i
         pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
         pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     }
-    int r = pthread_mutex_init(&ctl->pool_lock, &a);
+    int r = shared && !robust_futexes() ? ENOTSUP : pthread_mutex_init(&ctl->pool_lock, &a);
     if (r == ENOTSUP && shared) {
         /* No robust futexes here (qemu-user cannot emulate them): still
          * process-shared, without recovery from a holder's death. */
