@@ -100,12 +100,13 @@ def test_thread_churn_leaks_nothing():
             for t in threads:
                 t.join()
 
-    churn(scaled(1000))  # warm up the allocator and Python's thread machinery
+    warm = max(100, scaled(1000)) // 100 * 100
+    churn(warm)  # warm up the allocator and Python's thread machinery
     rss0 = rss_bytes()
-    n = max(100, scaled(10_000))
+    n = max(100, scaled(10_000)) // 100 * 100
     churn(n)
     grown = rss_bytes() - rss0
-    total = n + max(100, scaled(1000)) // 100 * 100
+    total = warm + n
     assert c.values() == [total, 3 * total]
     assert sorted(fl.drain()) == list(range(4096))
     # 10,000 leaked areas would be 40 MB (a page each); allow allocator noise.

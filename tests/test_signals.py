@@ -73,3 +73,16 @@ def test_handler_registers_a_fresh_thread_safely():
     assert s1.self_registration_failures == s0.self_registration_failures
     if rseq_py.info().registered_by == "rseq_py":
         assert s1.self_registrations - s0.self_registrations >= 64 * scaled(20)
+
+
+def test_a_section_aborted_every_time_falls_back_exactly():
+    """A delay inside the section far longer than the gap between signals:
+    every attempt aborts (as under a debugger stepping through it).  After 32
+    the add takes the atomic slow path: counted as exhausted, still exact."""
+    if rseq_py.info().backend != "rseq":
+        pytest.skip(f"no sections on the {rseq_py.info().backend} backend")
+    r = counter_stress("rseq_inject", threads=2, ops_per_thread=scaled(40), size=1,
+                       inject_loops=2_000_000, signal_interval_us=10)
+    assert r.exact, r
+    assert r.exhausted > 0 and r.aborts >= 32 * r.exhausted, r
+    print(f"\nexhausted {r.exhausted} of {2 * scaled(40)} adds, aborts {r.aborts}")
