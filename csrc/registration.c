@@ -255,7 +255,9 @@ static int decide(int request)
             : e == EPERM ? "rseq is forbidden here (seccomp or a security policy)"
             : (e == EBUSY || e == EINVAL) ? "this thread already has an rseq area registered by another component, and glibc does not say where"
             : "rseq registration failed";
-        snprintf(reason, sizeof reason, "%s (rseq: %s; glibc __rseq_size=%lld)", why,
+        const char *name = e == ENOSYS ? "ENOSYS, " : e == EPERM ? "EPERM, "
+                         : e == EBUSY  ? "EBUSY, "  : e == EINVAL ? "EINVAL, " : "";
+        snprintf(reason, sizeof reason, "%s (rseq: %s%s; glibc __rseq_size=%lld)", why, name,
                  strerror(e), (long long)info.glibc_rseq_size);
         return RSEQ_PY_MODE_FALLBACK;
     }

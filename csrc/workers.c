@@ -88,9 +88,11 @@ HIDDEN int rseq_py_run_workers(uint32_t n, void *(*fn)(void *), void *args, size
         free(t);
         return ENOMEM;
     }
-    /* A realtime signal nobody else in a Python process uses; restored
-     * afterwards. */
-    int sig = SIGRTMIN + 5;
+    /* SIGURG: ignored by default (a straggler after the handler is restored
+     * is harmless), unused by Python, and a standard signal, so pending ones
+     * coalesce.  A realtime signal would queue one entry per send and, with
+     * oversubscribed workers, exhaust the user's pending-signal limit. */
+    int sig = SIGURG;
     struct sigaction sa, old_sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
