@@ -832,6 +832,32 @@ int rseq_py_freelist_pop(rseq_py_freelist *fl, int64_t *out)
     return pop_many_impl(fl, out, 1, PLAIN) == 1 ? 0 : -1;
 }
 
+/* The section alone (1: done; 0: the caller must take the full path): for
+ * a binding that holds the GIL and so must never wait on a slow path. */
+int rseq_py_freelist_try_push(rseq_py_freelist *fl, int64_t handle)
+{
+#ifndef RSEQ_PY_NO_ASM
+    struct rseq_py_area *area = fl->sections ? rseq_py_area() : NULL;
+    if (area != NULL && rseq_py_fl_push(area, &fl->g, handle) == RSEQ_PY_OK)
+        return 1;
+#else
+    (void)fl, (void)handle;
+#endif
+    return 0;
+}
+
+int rseq_py_freelist_try_pop(rseq_py_freelist *fl, int64_t *out)
+{
+#ifndef RSEQ_PY_NO_ASM
+    struct rseq_py_area *area = fl->sections ? rseq_py_area() : NULL;
+    if (area != NULL && rseq_py_fl_pop(area, &fl->g, out) == RSEQ_PY_OK)
+        return 1;
+#else
+    (void)fl, (void)out;
+#endif
+    return 0;
+}
+
 static __thread int was_empty;
 
 int64_t rseq_py_freelist_pop_value(rseq_py_freelist *fl)

@@ -190,6 +190,10 @@ int rseq_py_freelist_pop(rseq_py_freelist *fl, int64_t *out);
  * when it ran empty (INT64_MIN is also a valid handle: check the flag). */
 int64_t rseq_py_freelist_pop_value(rseq_py_freelist *fl);
 int rseq_py_freelist_was_empty(void);
+/* One try of the critical section only, never a slow path (so never a wait):
+ * 1 when done, 0 when the caller must use push / pop. */
+int rseq_py_freelist_try_push(rseq_py_freelist *fl, int64_t handle);
+int rseq_py_freelist_try_pop(rseq_py_freelist *fl, int64_t *out);
 /* Pushes src[0..n) in order; returns how many (fewer than n only when full). */
 uint64_t rseq_py_freelist_push_many(rseq_py_freelist *fl, const int64_t *src, uint64_t n);
 /* Pops up to n into dst; fewer only when it ran empty (as for pop). */

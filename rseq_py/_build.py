@@ -22,6 +22,10 @@ ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
 COMPILE_ARGS = ["-std=gnu11", "-O2", "-Wall", "-fvisibility=hidden"]
+# The CPython C-API fast path (rseq_py._fast): one file, no link to the core
+# (it calls _native's functions through addresses handed over at import).
+FAST_SOURCES = ["csrc/capi/fast.c"]
+FAST_COMPILE_ARGS = ["-O2", "-Wall", "-fvisibility=hidden"]
 LINK_ARGS = ["-Wl,-z,noexecstack"]
 LIBRARIES = ["dl", "pthread"]
 

@@ -14,7 +14,13 @@ import os
 import re
 from typing import Any, Tuple
 
+from . import _fast
 from ._native import ffi, lib
+
+# The C-API fast path calls _native's functions (one registration state).
+_fast.link(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
+    "rseq_py_counter_add", "rseq_py_counter_value",
+    "rseq_py_freelist_try_push", "rseq_py_freelist_try_pop")))
 
 SHM_DIR = "/dev/shm"
 PREFIX = "rseq_py."
@@ -94,10 +100,12 @@ def unlink(name: str) -> None:
         raise FileNotFoundError(f"no shared segment named {name!r} ({path})") from None
 
 
-class Shareable:
+class Shareable(_fast.Core):
     """Lifecycle shared by PerCpuCounter and PerCpuFreelist: a private object,
     or a view of a named segment (``name``, ``close``, ``unlink``, ``with``,
-    pickling by name).  Subclasses keep their C descriptor in ``_c``."""
+    pickling by name).  Subclasses keep their C descriptor in ``_c``; the C
+    base (rseq_py._fast) is bound to the same descriptor for the fast
+    methods, and unbound on close."""
 
     __slots__ = ("_c", "_name", "_mm")
     _KIND_NAME = ""
@@ -106,6 +114,15 @@ class Shareable:
         self._c = c
         self._name = None
         self._mm = None
+        self._adopt(c)
+        self._bind_fast()
+
+    def _bind_fast(self) -> None:
+        self._bind(int(ffi.cast("uintptr_t", self._c)), self._fast_n(), self._c)
+
+    def _fast_n(self) -> int:
+        """The bound the fast path checks indexes against (counters: size)."""
+        return 0
 
     def _adopt(self, c: object) -> None:
         """Read what the subclass caches from a fresh C descriptor."""
@@ -122,6 +139,7 @@ class Shareable:
         self._name = name
         self._mm = mm
         self._adopt(c)
+        self._bind_fast()
         return self
 
     @classmethod
@@ -159,6 +177,7 @@ class Shareable:
         """
         if self._name is None or self._c is None:
             return
+        self._unbind()
         self._c = None
         mm, self._mm = self._mm, None
         try:

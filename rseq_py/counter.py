@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union, overload
+from typing import TYPE_CHECKING, Any, List, Optional, Union, overload
 
-from . import _segment
+from . import _fast, _segment
 from ._checks import INT64_MAX, INT64_MIN, as_index, as_int, as_int64
 from ._native import ffi, lib
 
@@ -13,7 +13,7 @@ __all__ = ["PerCpuCounter"]
 _add = lib.rseq_py_counter_add
 
 
-class PerCpuCounter(_segment.Shareable):
+class PerCpuCounter(_segment.Shareable, _fast.CounterCore):
     """A set of ``size`` independent int64 counters, each split into one slot per CPU.
 
     ``add`` changes only the slot of the CPU the calling thread runs on, in one
@@ -26,8 +26,9 @@ class PerCpuCounter(_segment.Shareable):
     Concurrency guarantees (all methods may be called from any thread at once):
 
     * **add / inc / sub** are never lost and never applied twice, whatever the
-      threads, CPUs, preemptions and signals.  The C work runs with the GIL
-      released.
+      threads, CPUs, preemptions and signals.  They are methods of the C base
+      (rseq_py._fast): a few ns of section or atomic add, with the GIL held
+      (nothing there can wait); the other methods run through cffi.
     * **value / values** add up the per-CPU slots one by one (each read is a
       single-copy-atomic 64-bit load).  The result includes every add that
       returned before the call started and none that began after it returned;
@@ -72,7 +73,6 @@ class PerCpuCounter(_segment.Shareable):
         if c == ffi.NULL:
             raise MemoryError(f"cannot allocate a PerCpuCounter of size {size}")
         self._init_private(ffi.gc(c, lib.rseq_py_counter_free))
-        self._size = size
 
     @classmethod
     def _check_size(cls, size: object) -> int:
@@ -83,6 +83,15 @@ class PerCpuCounter(_segment.Shareable):
 
     def _adopt(self, c: Any) -> None:
         self._size = int(lib.rseq_py_counter_size(c))
+
+    def _fast_n(self) -> int:
+        return self._size
+
+    if TYPE_CHECKING:  # implemented by the C base, _fast.CounterCore
+        def inc(self, index: int = 0) -> None: ...
+        def add(self, delta: int, index: int = 0) -> None: ...
+        def sub(self, delta: int, index: int = 0) -> None: ...
+        def value(self, index: int = 0) -> int: ...
 
     @classmethod
     def create(cls, name: str, size: int = 1) -> "PerCpuCounter":
@@ -125,7 +134,10 @@ class PerCpuCounter(_segment.Shareable):
     def __len__(self) -> int:
         return self._size
 
-    def add(self, delta: int, index: int = 0) -> None:
+    # The slow paths of the C base's add/inc/sub/value: it hands over every
+    # call that is not plainly valid (or a closed object), unchanged.
+
+    def _add_slow(self, delta: int, index: int = 0) -> None:
         """Add ``delta`` (a signed 64-bit int) to counter ``index``.
 
         Raises:
@@ -142,7 +154,7 @@ class PerCpuCounter(_segment.Shareable):
         except TypeError as e:  # None after close(): free on the fast path
             self._closed_or(e)
 
-    def inc(self, index: int = 0) -> None:
+    def _inc_slow(self, index: int = 0) -> None:
         """Add 1 to counter ``index``.  Raises like :meth:`add`."""
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
@@ -151,7 +163,7 @@ class PerCpuCounter(_segment.Shareable):
         except TypeError as e:
             self._closed_or(e)
 
-    def sub(self, delta: int, index: int = 0) -> None:
+    def _sub_slow(self, delta: int, index: int = 0) -> None:
         """Subtract ``delta``: the same as ``add(-delta, index)``, so ``-delta`` must fit int64.
 
         Raises:
@@ -161,7 +173,7 @@ class PerCpuCounter(_segment.Shareable):
         delta = as_int(delta, "delta")
         self.add(as_int64(-delta, "-delta"), index)
 
-    def value(self, index: int = 0) -> int:
+    def _value_slow(self, index: int = 0) -> int:
         """The sum of counter ``index`` over all CPUs (see the class's guarantees)."""
         index = as_index(index, self._size)
         return int(lib.rseq_py_counter_value(self._live(), index))

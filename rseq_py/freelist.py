@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional
 
-from . import _segment
+from . import _fast, _segment
 from ._checks import INT64_MAX, INT64_MIN, as_int, as_int64
 from ._native import ffi, lib
 
@@ -30,7 +30,7 @@ class FreelistFull(Exception):
         self.pushed = pushed
 
 
-class PerCpuFreelist(_segment.Shareable):
+class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
     """A bag of int64 handles (buffer slots, object ids, ...) split into per-CPU stacks.
 
     ``push`` and ``pop`` work on the stack of the CPU the thread runs on, in
@@ -88,7 +88,6 @@ class PerCpuFreelist(_segment.Shareable):
         if fl == ffi.NULL:
             raise MemoryError(f"cannot allocate a PerCpuFreelist of capacity {capacity}")
         self._init_private(ffi.gc(fl, lib.rseq_py_freelist_free))
-        self._capacity = capacity
 
     @classmethod
     def _check(cls, capacity: object, per_cpu: object) -> "tuple[int, int]":
@@ -175,7 +174,14 @@ class PerCpuFreelist(_segment.Shareable):
         flight."""
         return int(lib.rseq_py_freelist_len(self._live()))
 
-    def push(self, handle: int) -> None:
+    if TYPE_CHECKING:  # implemented by the C base, _fast.FreelistCore
+        def push(self, handle: int) -> None: ...
+        def pop(self) -> Optional[int]: ...
+
+    # The slow paths of the C base's push/pop: every call it cannot finish
+    # in one section (or that is not plainly valid) comes here unchanged.
+
+    def _push_slow(self, handle: int) -> None:
         """Give ``handle`` back.
 
         Raises:
@@ -193,7 +199,7 @@ class PerCpuFreelist(_segment.Shareable):
                 f"freelist full: it holds its capacity of {self._capacity} handles; "
                 f"pop some or create it with a larger capacity")
 
-    def pop(self) -> Optional[int]:
+    def _pop_slow(self) -> Optional[int]:
         """Take a handle, or ``None`` if the freelist held none at some instant during the call."""
         try:
             h = _pop_value(self._c)

@@ -50,6 +50,15 @@ def main(payload: Path) -> None:
     ]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+    suffix = os.environ.get("AARCH64_EXT_SUFFIX", ".cpython-311-aarch64-linux-gnu.so")
+    cmd = [
+        os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc"),
+        "-shared", "-fPIC", "-Werror", *_build.FAST_COMPILE_ARGS,
+        *os.environ["AARCH64_PY_CFLAGS"].split(), *_build.FAST_SOURCES,
+        "-o", str(pkg / ("_fast" + suffix)),
+    ]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
     tests = payload / "tests"
     tests.mkdir()
