@@ -90,6 +90,9 @@ apt_install_missing() {
 ensure_host_tools() {
   apt_install_missing qemu-system-arm qemu-user-static cpio mmdebstrap \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+  # Not for arm64: the host suite's sanitizer and valgrind runs
+  # (tests/test_sanitizers.py), which the README's test command runs next.
+  apt_install_missing gcc libc6-dev valgrind
 }
 
 # ---------------------------------------------------------------------------------------------
