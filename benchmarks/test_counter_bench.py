@@ -51,7 +51,7 @@ one_thread = pytest.mark.benchmark(group="counter-inc-1thread")
 
 @one_thread
 def test_1thread_rseq_inc_per1000(benchmark):
-    """Ours: ``counter.inc()`` x1000 (a cffi call into the rseq section)."""
+    """Ours: ``counter.inc()`` x1000 (a C-API method calling the rseq section)."""
     c = rseq_py.PerCpuCounter()
     inc = c.inc
 
@@ -79,6 +79,25 @@ def test_1thread_rseq_add_index_per1000(benchmark):
     _mark(benchmark, "PerCpuCounter.add(5, index=1)", BATCH)
     benchmark(calls)
     assert c.value(1) == 5 * calls.n * BATCH and c.value(0) == 0
+
+
+@one_thread
+def test_1thread_cffi_binding_add_per1000(benchmark):
+    """Before the C-API fast path: the same add through the cffi binding
+    (``lib.rseq_py_counter_add``, as ``inc`` was called before), x1000."""
+    from rseq_py._native import lib
+
+    c = rseq_py.PerCpuCounter()
+    add, ptr = lib.rseq_py_counter_add, c._c
+
+    def batch():
+        for _ in itertools.repeat(None, BATCH):
+            add(ptr, 0, 1)
+
+    calls = Calls(batch)
+    _mark(benchmark, "cffi binding: lib.rseq_py_counter_add", BATCH)
+    benchmark(calls)
+    assert c.value() == calls.n * BATCH
 
 
 @one_thread

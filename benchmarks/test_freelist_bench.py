@@ -48,6 +48,8 @@ def _mark(benchmark, impl: str, ops: int, reference: bool = False) -> None:
 # is the one most code reaches for, SimpleQueue and deque the cheaper ones.
 KINDS = {
     "rseq": ("PerCpuFreelist", "pop", "push"),
+    # Before the C-API fast path: the cffi binding's calls (what pop/push were).
+    "rseq_cffi": ("cffi binding", "rseq_py_freelist_pop_value", "rseq_py_freelist_push"),
     "deque": ("collections.deque", "pop", "append"),
     "simplequeue": ("queue.SimpleQueue", "get", "put"),
     "queue": ("queue.Queue", "get", "put"),
@@ -55,7 +57,7 @@ KINDS = {
 
 
 def _filled(kind: str):
-    if kind == "rseq":
+    if kind in ("rseq", "rseq_cffi"):
         fl = rseq_py.PerCpuFreelist(K)
         fl.push_many(range(K))
         return fl
@@ -88,6 +90,15 @@ def _pairs(c, kind: str, n: int):
     itself, so the loop cannot silently do less than it claims.
     """
     _, pop_name, push_name = KINDS[kind]
+    if kind == "rseq_cffi":
+        from rseq_py._native import lib
+        ptr, pop_value, push_raw = c._c, lib.rseq_py_freelist_pop_value, lib.rseq_py_freelist_push
+
+        def run_cffi():
+            for _ in itertools.repeat(None, n):
+                push_raw(ptr, pop_value(ptr))
+
+        return run_cffi
     pop, push = getattr(c, pop_name), getattr(c, push_name)
 
     def run():
