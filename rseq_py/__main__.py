@@ -1,4 +1,6 @@
-"""Command line: ``python -m rseq_py info [--json]`` and ``python -m rseq_py demo``."""
+"""Command line: ``python -m rseq_py info [--json]``, ``python -m rseq_py demo`` and
+``python -m rseq_py bench [--threads 1,2,8] [--repeat N] [--ops N] [--quick] [--json FILE]
+[--plot FILE.png]`` (also installed as ``rseq-py``)."""
 
 from __future__ import annotations
 
@@ -85,18 +87,48 @@ def cmd_demo() -> None:
         sys.exit(1)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rseq_py", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_info = sub.add_parser("info", help="backend, registration and kernel features")
-    p_info.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("demo", help="threaded count and C stress showing rseq at work")
+def main(argv: Optional[List[str]] = None) -> int:
+    from rseq_py import _bench_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rseq_py",
+        description="Linux restartable sequences for Python: show what this host runs on "
+                    "(info), show rseq at work (demo), measure it against atomics, spinlocks "
+                    "and mutexes (bench). Run 'python -m rseq_py COMMAND --help' for a "
+                    "command's options.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p_info = sub.add_parser(
+        "info", help="backend, registration and kernel features",
+        description="Print rseq_py.info() (backend, who registered the rseq area, the "
+                    "kernel's rseq features, CPU slots and the reason for the backend) and "
+                    "the CPU, mm_cid and NUMA node this thread runs on.")
+    p_info.add_argument("--json", action="store_true",
+                        help="print rseq_py.info() as one JSON object instead")
+    sub.add_parser(
+        "demo", help="threaded count and C stress showing rseq at work",
+        description="Show the backend, count from 4 x CPUs Python threads and check the "
+                    "total, run the C stress drivers (delays injected inside critical "
+                    "sections, signal storms) and check that nothing was lost or "
+                    "duplicated, then a short C-level benchmark. Takes no options; exit "
+                    "status 1 if any total is wrong.")
+    p_bench = _bench_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "info":
         cmd_info(args.json)
-    else:
+    elif args.cmd == "demo":
         cmd_demo()
+    else:
+        try:
+            return _bench_cli.run(args, p_bench)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:   # e.g. piped into head: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
