@@ -13,6 +13,7 @@ signal): no lock and no atomic instruction on the fast path.
 """
 
 from ._backend import Info, Stats, current_cpu, current_mm_cid, current_numa_node, info, stats
+from ._include import c_api, get_include
 from ._segment import SegmentError
 from .counter import PerCpuCounter
 from .freelist import FreelistFull, PerCpuFreelist
@@ -26,9 +27,11 @@ __all__ = [
     "PerCpuFreelist",
     "SegmentError",
     "Stats",
+    "c_api",
     "current_cpu",
     "current_mm_cid",
     "current_numa_node",
+    "get_include",
     "info",
     "stats",
 ]
