@@ -40,7 +40,12 @@ def cmd_demo() -> None:
     nthreads, ops = 4 * ncpu, 50_000
     print(f"\n{nthreads} Python threads x {ops} inc() on {ncpu} CPUs:")
     c = rseq_py.PerCpuCounter()
-    threads = [threading.Thread(target=lambda: [c.inc() for _ in range(ops)]) for _ in range(nthreads)]
+
+    def count() -> None:
+        for _ in range(ops):
+            c.inc()
+
+    threads = [threading.Thread(target=count) for _ in range(nthreads)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Type, TypeVar
+from typing import TYPE_CHECKING, Optional, Type, TypeVar
 
 from ._native import ffi, lib
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from ._native import CData
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
-def from_struct(cls: Type[T], raw: Any, **given: Any) -> T:
+def from_struct(cls: Type[T], raw: CData, **given: object) -> T:
     """A dataclass from the same-named fields of a C struct, plus ``given``."""
-    names = [f.name for f in fields(cls) if f.name not in given]  # type: ignore[arg-type]
+    names = [f.name for f in fields(cls) if f.name not in given]
     return cls(**{n: getattr(raw, n) for n in names}, **given)
 
 

@@ -20,7 +20,17 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type,
+                    TypedDict)
+
+if TYPE_CHECKING:
+    # matplotlib is an optional extra ('plot'): where it is missing these names
+    # are Any, and where it is installed the ignores are unused.
+    from matplotlib.backends.backend_agg import (  # type: ignore[import-not-found, unused-ignore]
+        FigureCanvasAgg)
+    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
+
+    from rseq_py.stress import BenchResult
 
 __all__ = ["add_parser", "run", "default_threads", "OPERATIONS"]
 
@@ -118,7 +128,7 @@ def default_threads(ncpu: int) -> List[int]:
     return sorted(out)
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     ncpu = usable_cpus()
     p = sub.add_parser(
         "bench",
@@ -167,7 +177,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 # ---- host ------------------------------------------------------------------
 
-def host_info() -> Dict[str, Any]:
+class Host(TypedDict):
+    """What the JSON's "host" holds, and what the table and the chart say of it."""
+
+    cpus: int
+    cpus_online: Optional[int]
+    backend: str
+    registered_by: Optional[str]
+    arch: str
+    machine: str
+    kernel: str
+    python: str
+    rseq_py: str
+    info: Dict[str, object]
+    loadavg_at_start: Optional[List[float]]
+
+
+def host_info() -> Host:
     import rseq_py
 
     i = rseq_py.info()
@@ -193,7 +219,7 @@ def _loadavg() -> Optional[List[float]]:
         return None
 
 
-def host_lines(host: Dict[str, Any]) -> List[str]:
+def host_lines(host: Host) -> List[str]:
     lines = [
         f"host: {host['cpus']} CPUs usable by this process ({host['cpus_online']} online), "
         f"kernel {host['kernel']}, arch {host['machine']}",
@@ -238,16 +264,20 @@ class Cell:
         }
 
 
-def _runner(op: Operation) -> Callable[[str, int, int], Any]:
+Cells = Dict[Tuple[str, int], Cell]   # by (mode, threads)
+
+
+def _runner(op: Operation) -> Callable[[str, int, int], BenchResult]:
     from rseq_py.stress import counter_bench, freelist_bench
 
-    if op.batch is None:
+    batch = op.batch
+    if batch is None:
         return counter_bench
-    return lambda mode, threads, n: freelist_bench(mode, threads, n, op.batch)
+    return lambda mode, threads, n: freelist_bench(mode, threads, n, batch)
 
 
 def measure(op: Operation, threads: Sequence[int], repeat: int, ops: int,
-            progress: Callable[[str], None]) -> Dict[tuple, Cell]:
+            progress: Callable[[str], None]) -> Cells:
     bench = _runner(op)
     n = op.ops_per_thread(ops)
     cells = {(m, t): Cell(op.id, m, t, op.batch, n) for t in threads for m in op.modes}
@@ -265,9 +295,21 @@ def measure(op: Operation, threads: Sequence[int], repeat: int, ops: int,
     return cells
 
 
-def summarize(op: Operation, cells: Dict[tuple, Cell], threads: Sequence[int]) -> List[Dict[str, Any]]:
+class Summary(TypedDict):
+    """One entry of the JSON's "summary": rseq against the best baseline at one thread count."""
+
+    op: str
+    threads: int
+    rseq_total_mops: float
+    best_baseline: str
+    best_baseline_total_mops: float
+    rseq_over_best_baseline: Optional[float]
+    rseq_scaling: Optional[float]
+
+
+def summarize(op: Operation, cells: Cells, threads: Sequence[int]) -> List[Summary]:
     """Per thread count: rseq / best baseline and rseq's scaling."""
-    out = []
+    out: List[Summary] = []
     one = cells.get(("rseq", 1))
     for t in threads:
         rseq = cells[("rseq", t)].total_mops
@@ -288,8 +330,8 @@ def _fmt_ratio(x: Optional[float], suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:.2f}{suffix}"
 
 
-def table(op: Operation, cells: Dict[tuple, Cell], threads: Sequence[int], repeat: int,
-          ops: int, summary: List[Dict[str, Any]]) -> str:
+def table(op: Operation, cells: Cells, threads: Sequence[int], repeat: int,
+          ops: int, summary: List[Summary]) -> str:
     w = max(len(m) for m in op.modes) + 2
     out = [f"== {op.title} ==",
            f"   {op.unit(ops)}; median of {repeat} run{'s' if repeat != 1 else ''} per cell",
@@ -301,8 +343,9 @@ def table(op: Operation, cells: Dict[tuple, Cell], threads: Sequence[int], repea
             c = cells[(mode, t)]
             one = cells.get((mode, 1))
             scale = c.total_mops / (t * one.total_mops) if one and one.total_mops > 0 else None
-            s = c.total_mops_samples
-            spread = (max(s) - min(s)) / c.total_mops * 100 if c.total_mops > 0 else 0.0
+            samples = c.total_mops_samples
+            spread = ((max(samples) - min(samples)) / c.total_mops * 100 if c.total_mops > 0
+                      else 0.0)
             out.append(f"   {t if k == 0 else '':>7}  {mode:<{w}}{c.ns_per_op:13.2f}"
                        f"{c.total_mops:14.2f}{_fmt_ratio(scale):>9}{spread:7.0f}%")
         s = by_t[t]
@@ -338,13 +381,14 @@ MODE_STYLE = {
 }
 
 
-def plot(path: str, ops_done: List[tuple], threads: Sequence[int], host: Dict[str, Any],
-         repeat: int, canvas_cls: Any, figure_cls: Any) -> None:
-    size = dict(figsize=(5.2 * len(ops_done), 5.4), dpi=110)
+def plot(path: str, ops_done: List[Tuple[Operation, Cells]], threads: Sequence[int],
+         host: Host, repeat: int, canvas_cls: Type[FigureCanvasAgg],
+         figure_cls: Type[Figure]) -> None:
+    figsize, dpi = (5.2 * len(ops_done), 5.4), 110
     try:
-        fig = figure_cls(layout="constrained", **size)
+        fig = figure_cls(layout="constrained", figsize=figsize, dpi=dpi)
     except TypeError:   # matplotlib < 3.5
-        fig = figure_cls(constrained_layout=True, **size)
+        fig = figure_cls(constrained_layout=True, figsize=figsize, dpi=dpi)
     canvas_cls(fig)
     axes = fig.subplots(1, len(ops_done), squeeze=False)[0]
     for ax, (op, cells) in zip(axes, ops_done):
@@ -385,12 +429,13 @@ def plot(path: str, ops_done: List[tuple], threads: Sequence[int], host: Dict[st
     fig.savefig(path)
 
 
-def _load_matplotlib() -> Optional[tuple]:
+def _load_matplotlib() -> Optional[Tuple[Type[FigureCanvasAgg], Type[Figure]]]:
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
         matplotlib.use("Agg")
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import (  # type: ignore[import-not-found, unused-ignore]
+            FigureCanvasAgg)
+        from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return FigureCanvasAgg, Figure
@@ -439,9 +484,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     t0 = time.perf_counter()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    done: List[tuple] = []
+    done: List[Tuple[Operation, Cells]] = []
     results: List[Dict[str, Any]] = []
-    summaries: List[Dict[str, Any]] = []
+    summaries: List[Summary] = []
     for op in OPERATIONS:
         try:
             cells = measure(op, threads, repeat, ops, progress)

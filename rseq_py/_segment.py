@@ -12,10 +12,13 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from typing import Any, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Type, TypeVar
 
 from . import _fast
 from ._native import ffi, lib
+
+if TYPE_CHECKING:
+    from ._native import CData, CharPtr
 
 # The C-API fast path calls _native's functions (one registration state).
 _fast.link(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
@@ -25,6 +28,8 @@ _fast.link(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in (
 SHM_DIR = "/dev/shm"
 PREFIX = "rseq_py."
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+_S = TypeVar("_S", bound="Shareable")
 
 
 class SegmentError(ValueError):
@@ -42,7 +47,7 @@ def path_of(name: object) -> str:
     return os.path.join(SHM_DIR, PREFIX + name)
 
 
-def create(name: str, size: int) -> Tuple[mmap.mmap, object]:
+def create(name: str, size: int) -> Tuple[mmap.mmap, CharPtr]:
     """A new zero-filled segment of ``size`` bytes: (mapping, cffi buffer).
 
     Raises FileExistsError if the name is taken.
@@ -65,7 +70,7 @@ def create(name: str, size: int) -> Tuple[mmap.mmap, object]:
     return mm, ffi.from_buffer(mm)
 
 
-def attach(name: str, kind: int, kind_name: str) -> Tuple[mmap.mmap, object]:
+def attach(name: str, kind: int, kind_name: str) -> Tuple[mmap.mmap, CharPtr]:
     """Map an existing segment and check its header for ``kind``."""
     path = path_of(name)
     try:
@@ -110,7 +115,11 @@ class Shareable(_fast.Core):
     __slots__ = ("_c", "_name", "_mm")
     _KIND_NAME = ""
 
-    def _init_private(self, c: object) -> None:
+    _c: Optional[CData]  # None once closed
+    _name: Optional[str]
+    _mm: Optional[mmap.mmap]
+
+    def _init_private(self, c: CData) -> None:
         self._c = c
         self._name = None
         self._mm = None
@@ -118,24 +127,29 @@ class Shareable(_fast.Core):
         self._bind_fast()
 
     def _bind_fast(self) -> None:
-        self._bind(int(ffi.cast("uintptr_t", self._c)), self._fast_n(), self._c)
+        c = self._live()
+        self._bind(int(ffi.cast("uintptr_t", c)), self._fast_n(), c)
 
     def _fast_n(self) -> int:
         """The bound the fast path checks indexes against (counters: size)."""
         return 0
 
-    def _adopt(self, c: object) -> None:
+    def _adopt(self, c: CData) -> None:
         """Read what the subclass caches from a fresh C descriptor."""
         raise NotImplementedError
 
     @classmethod
-    def _shared(cls, c: object, free: Any, name: str, mm: mmap.mmap, buf: object) -> Any:
+    def _shared(cls: Type[_S], c: CData, free: Callable[[CData], None], name: str,
+                mm: mmap.mmap, buf: CData) -> _S:
         if c == ffi.NULL:  # pragma: no cover - only on out of memory
             raise MemoryError(f"cannot map shared {cls._KIND_NAME} {name!r}")
         self = cls.__new__(cls)
         # The descriptor keeps the mapping's buffer alive: the memory cannot
         # be unmapped while any thread still holds the descriptor.
-        self._c = ffi.gc(c, lambda p, _buf=buf: free(p))
+        def release(p: CData, _buf: CData = buf) -> None:
+            free(p)
+
+        self._c = ffi.gc(c, release)
         self._name = name
         self._mm = mm
         self._adopt(c)
@@ -143,7 +157,9 @@ class Shareable(_fast.Core):
         return self
 
     @classmethod
-    def _create_shared(cls, name: str, nbytes: int, create_at: Any, free: Any) -> Any:
+    def _create_shared(cls: Type[_S], name: str, nbytes: int,
+                       create_at: Callable[[CData, int], CData],
+                       free: Callable[[CData], None]) -> _S:
         """A new segment laid out by ``create_at(buf, nbytes)``."""
         path_of(name)
         mm, buf = create(name, nbytes)
@@ -153,7 +169,9 @@ class Shareable(_fast.Core):
         return cls._shared(c, free, name, mm, buf)
 
     @classmethod
-    def _attach_shared(cls, name: str, kind: int, attach_at: Any, free: Any) -> Any:
+    def _attach_shared(cls: Type[_S], name: str, kind: int,
+                       attach_at: Callable[[CData, int], CData],
+                       free: Callable[[CData], None]) -> _S:
         """An existing segment, checked for ``kind``, described by ``attach_at``."""
         mm, buf = attach(name, kind, cls._KIND_NAME)
         return cls._shared(attach_at(buf, len(mm)), free, name, mm, buf)
@@ -175,11 +193,12 @@ class Shareable(_fast.Core):
         process is using the object: a thread still inside an operation
         keeps the memory mapped until it returns.
         """
-        if self._name is None or self._c is None:
+        mm = self._mm
+        if self._name is None or self._c is None or mm is None:
             return
         self._unbind()
         self._c = None
-        mm, self._mm = self._mm, None
+        self._mm = None
         try:
             mm.close()
         except BufferError:  # another thread still holds it: unmapped when it lets go
@@ -196,25 +215,28 @@ class Shareable(_fast.Core):
             raise TypeError(f"a private {self._KIND_NAME} has no shared segment to unlink")
         unlink(self._name)
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self: _S) -> _S:
         self._live()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _live(self) -> object:
+    def _closed(self) -> ValueError:
+        return ValueError(f"{self._KIND_NAME} {self._name!r} is closed")
+
+    def _live(self) -> CData:
         if self._c is None:
-            raise ValueError(f"{self._KIND_NAME} {self._name!r} is closed")
+            raise self._closed()
         return self._c
 
-    def _closed_or(self, err: TypeError) -> None:
-        self._live()
-        raise err
+    if TYPE_CHECKING:  # each subclass has its own (pickling needs it)
+        @classmethod
+        def attach(cls: Type[_S], name: str) -> _S: ...
 
-    def __reduce__(self) -> object:
+    def __reduce__(self: _S) -> Tuple[Callable[[str], _S], Tuple[str]]:
         if self._name is None:
             raise TypeError(
                 f"a {self._KIND_NAME} lives in this process's private memory and cannot be "
                 f"pickled; use {self._KIND_NAME}.create(name) to share one between processes")
-        return (type(self).attach, (self._name,))  # type: ignore[attr-defined]
+        return (type(self).attach, (self._name,))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Union, overload
+from typing import TYPE_CHECKING, List, Optional, Union, overload
 
 from . import _fast, _segment
 from ._checks import INT64_MAX, INT64_MIN, as_index, as_int, as_int64
 from ._native import ffi, lib
+
+if TYPE_CHECKING:
+    from ._native import CData
 
 __all__ = ["PerCpuCounter"]
 
@@ -81,17 +84,11 @@ class PerCpuCounter(_segment.Shareable, _fast.CounterCore):
             raise ValueError(f"size must be between 1 and {cls.MAX_SIZE}, got {size}")
         return size
 
-    def _adopt(self, c: Any) -> None:
+    def _adopt(self, c: CData) -> None:
         self._size = int(lib.rseq_py_counter_size(c))
 
     def _fast_n(self) -> int:
         return self._size
-
-    if TYPE_CHECKING:  # implemented by the C base, _fast.CounterCore
-        def inc(self, index: int = 0) -> None: ...
-        def add(self, delta: int, index: int = 0) -> None: ...
-        def sub(self, delta: int, index: int = 0) -> None: ...
-        def value(self, index: int = 0) -> int: ...
 
     @classmethod
     def create(cls, name: str, size: int = 1) -> "PerCpuCounter":
@@ -165,19 +162,19 @@ class PerCpuCounter(_segment.Shareable, _fast.CounterCore):
             delta = as_int64(delta, "delta")
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        try:
-            _add(self._c, index, delta)
-        except TypeError as e:  # None after close(): free on the fast path
-            self._closed_or(e)
+        c = self._c
+        if c is None:
+            raise self._closed()
+        _add(c, index, delta)
 
     def _inc_slow(self, index: int = 0) -> None:
         """Add 1 to counter ``index``.  Raises like :meth:`add`."""
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        try:
-            _add(self._c, index, 1)
-        except TypeError as e:
-            self._closed_or(e)
+        c = self._c
+        if c is None:
+            raise self._closed()
+        _add(c, index, 1)
 
     def _sub_slow(self, delta: int, index: int = 0) -> None:
         """Subtract ``delta``: the same as ``add(-delta, index)``, so ``-delta`` must fit int64.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from . import _fast, _segment
 from ._checks import INT64_MAX, INT64_MIN, as_int, as_int64
 from ._native import ffi, lib
+
+if TYPE_CHECKING:
+    from ._native import CData
 
 __all__ = ["FreelistFull", "PerCpuFreelist"]
 
@@ -102,7 +105,7 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
                     f"per_cpu must be between 1 and {lib.RSEQ_PY_FREELIST_PER_CPU_MAX}, got {pc}")
         return capacity, pc
 
-    def _adopt(self, fl: Any) -> None:
+    def _adopt(self, fl: CData) -> None:
         self._capacity = int(lib.rseq_py_freelist_capacity(fl))
 
     @classmethod
@@ -141,7 +144,7 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
         and using it would write past its stacks, its pool or this process's
         buffers."""
         why = ffi.new("char[]", 256)
-        if lib.rseq_py_freelist_check(self._c, why, 256) != 0:
+        if lib.rseq_py_freelist_check(self._live(), why, 256) != 0:
             name = self._name
             self.close()
             raise _segment.SegmentError(
@@ -190,10 +193,6 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
         flight."""
         return int(lib.rseq_py_freelist_len(self._live()))
 
-    if TYPE_CHECKING:  # implemented by the C base, _fast.FreelistCore
-        def push(self, handle: int) -> None: ...
-        def pop(self) -> Optional[int]: ...
-
     # The slow paths of the C base's push/pop: every call it cannot finish
     # in one section (or that is not plainly valid) comes here unchanged.
 
@@ -206,21 +205,20 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
         """
         if type(handle) is not int or not INT64_MIN <= handle <= INT64_MAX:
             handle = as_int64(handle, "handle")
-        try:
-            full = _push(self._c, handle) != 0
-        except TypeError as e:  # None after close(): free on the fast path
-            self._closed_or(e)
-        if full:
+        c = self._c
+        if c is None:
+            raise self._closed()
+        if _push(c, handle) != 0:
             raise FreelistFull(
                 f"freelist full: it holds its capacity of {self._capacity} handles; "
                 f"pop some or create it with a larger capacity")
 
     def _pop_slow(self) -> Optional[int]:
         """Take a handle, or ``None`` if the freelist held none at some instant during the call."""
-        try:
-            h = _pop_value(self._c)
-        except TypeError as e:
-            self._closed_or(e)
+        c = self._c
+        if c is None:
+            raise self._closed()
+        h = _pop_value(c)
         if h == INT64_MIN and _was_empty():
             return None
         return h

@@ -78,8 +78,10 @@ static void core_dealloc(Core *self)
 
 static PyMethodDef core_methods[] = {
     {"_bind", (PyCFunction)(void (*)(void))core_bind, METH_FASTCALL,
+     "_bind($self, address, n, keep, /)\n--\n\n"
      "Bind to a C descriptor: (address, n, owning cffi object)."},
-    {"_unbind", (PyCFunction)core_unbind, METH_NOARGS, "Forget the C descriptor (close)."},
+    {"_unbind", (PyCFunction)core_unbind, METH_NOARGS,
+     "_unbind($self, /)\n--\n\nForget the C descriptor (close)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -365,6 +367,7 @@ static PyObject *fast_link(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef module_methods[] = {
     {"link", (PyCFunction)(void (*)(void))fast_link, METH_FASTCALL,
+     "link($module, counter_add, counter_value, freelist_try_push, freelist_try_pop, /)\n--\n\n"
      "Hand over the addresses of rseq_py._native's functions (done once, at import)."},
     {NULL, NULL, 0, NULL},
 };
