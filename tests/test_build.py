@@ -24,7 +24,7 @@ def checkout() -> Path:
 def test_machine_without_sections_builds_the_fallback_only(checkout, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(checkout / name, src / name)
     for name in ("csrc", "asm", "rseq_py"):
         shutil.copytree(checkout / name, src / name,

@@ -56,7 +56,7 @@ ALL_KERNELS=(bookworm trixie)
 # Debian's arm64 rootfs for the guest. The extract variant skips maintainer scripts (no emulation
 # needed to build it); busybox provides /init's tools and /bin/sh.
 ROOTFS_SUITE=bookworm
-ROOTFS_PACKAGES=python3.11-minimal,libpython3.11-stdlib,python3-minimal,python3-pytest,python3-cffi-backend,python3-hypothesis,busybox-static
+ROOTFS_PACKAGES=python3.11-minimal,libpython3.11-stdlib,python3-minimal,python3-pytest,python3-cffi-backend,python3-hypothesis,python3-prometheus-client,busybox-static
 # Bump when the way the rootfs is assembled changes, so cached copies get rebuilt.
 ROOTFS_RECIPE=1
 PY_EXT_SUFFIX=.cpython-311-aarch64-linux-gnu.so
