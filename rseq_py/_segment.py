@@ -182,6 +182,23 @@ class Shareable(_fast.Core):
         return self._name
 
     @property
+    def c_address(self) -> int:
+        """Address (an int) of the C descriptor, for extensions written in C.
+
+        A ``rseq_py_counter *`` for a :class:`~rseq_py.PerCpuCounter`, a
+        ``rseq_py_freelist *`` for a :class:`~rseq_py.PerCpuFreelist`: what
+        the functions of ``rseq_py.h`` take (see :func:`rseq_py.c_api` and
+        :func:`rseq_py.get_include`).  The pointer is valid while this
+        object is alive and not closed: keep a reference for as long as C
+        code may use it (e.g. across a call that releases the GIL), and do
+        not :meth:`close` a shared one meanwhile (that unmaps the memory).
+
+        Raises:
+            ValueError: the object is closed.
+        """
+        return int(ffi.cast("uintptr_t", self._live()))
+
+    @property
     def closed(self) -> bool:
         return self._c is None
 

@@ -128,22 +128,6 @@ class PerCpuCounter(_segment.Shareable, _fast.CounterCore):
         """Number of per-CPU slots each counter has (possible CPUs)."""
         return int(lib.rseq_py_counter_cpu_slots(self._live()))
 
-    @property
-    def c_address(self) -> int:
-        """Address (an int) of this counter's ``rseq_py_counter *``, for C code.
-
-        For extensions calling the functions of ``rseq_py.h`` (see
-        :func:`rseq_py.c_api` and :func:`rseq_py.get_include`).  The pointer
-        is valid while this object is alive and not closed: keep a reference
-        for as long as C code may use it (e.g. across a call that releases
-        the GIL), and do not :meth:`close` a shared one meanwhile (that
-        unmaps the memory).
-
-        Raises:
-            ValueError: the object is closed.
-        """
-        return int(ffi.cast("uintptr_t", self._live()))
-
     def __len__(self) -> int:
         return self._size
 

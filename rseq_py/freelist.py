@@ -170,22 +170,6 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
         """Room of each CPU's stack."""
         return int(lib.rseq_py_freelist_per_cpu(self._live()))
 
-    @property
-    def c_address(self) -> int:
-        """Address (an int) of this freelist's ``rseq_py_freelist *``, for C code.
-
-        For extensions calling the functions of ``rseq_py.h`` (see
-        :func:`rseq_py.c_api` and :func:`rseq_py.get_include`).  The pointer
-        is valid while this object is alive and not closed: keep a reference
-        for as long as C code may use it (e.g. across a call that releases
-        the GIL), and do not :meth:`close` a shared one meanwhile (that
-        unmaps the memory).
-
-        Raises:
-            ValueError: the object is closed.
-        """
-        return int(ffi.cast("uintptr_t", self._live()))
-
     def __len__(self) -> int:
         """Handles held: exact when nothing runs concurrently; while other
         threads push and pop, a value between the lowest and highest count
