@@ -10,6 +10,7 @@ them is in the arm64 guests, which carry only the test files.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,12 @@ def test_wheel_carries_the_package_only(dists):
 
 
 def test_installed_package_is_a_wheel_with_the_header_and_typing_files():
-    dist = importlib.metadata.distribution("rseq_py")
+    try:
+        dist = importlib.metadata.distribution("rseq_py")
+    except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("AARCH64_HARNESS"):  # the guests put a cross-built tree on PYTHONPATH
+            pytest.skip("the arm64 payload is a cross-built tree, not an installed distribution")
+        raise
     installed = {str(f) for f in dist.files or []}
     for must in ("rseq_py/py.typed", "rseq_py/_native.pyi", "rseq_py/_fast.pyi",
                  "rseq_py/include/rseq_py.h", "rseq_py/prometheus.py"):
