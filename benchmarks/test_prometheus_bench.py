@@ -24,11 +24,10 @@ import os
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from rseq_py import prometheus as rp
 
-from benchutil import Calls, ProcGang, prometheus_multiprocess, thread_counts
+from benchutil import Calls, ProcGang, prometheus_multiprocess, prometheus_total, thread_counts
 
 BATCH = 1000
 K = 40_000  # incs per process per round
@@ -48,9 +47,10 @@ def ours(name: str, labelnames=()):
         rp.unlink(segment)
 
 
-def _loop(inc):
+def _loop(inc, n: int = BATCH):
+    """``inc()`` n times, looked up once, as a hot path would."""
     def batch():
-        for _ in itertools.repeat(None, BATCH):
+        for _ in itertools.repeat(None, n):
             inc()
 
     return batch
@@ -98,20 +98,7 @@ def test_1thread_prometheus_multiprocess_child_inc(benchmark):
         c = Counter("bench_mp", "benchmark counter", ["method", "code"], registry=None)
         n = _run(benchmark, "prometheus_client multiprocess labels(..).inc()",
                  c.labels("GET", "200").inc)
-        assert _mp_total(d, "bench_mp") == n
-
-
-def _mp_total(path: str, name: str) -> float:
-    return sum(s.value for m in MultiProcessCollector(None, path=path).collect()
-               for s in m.samples if s.name == name + "_total")
-
-
-def _proc_loop(inc):
-    def work():
-        for _ in itertools.repeat(None, K):
-            inc()
-
-    return work
+        assert prometheus_total(d, "bench_mp") == n
 
 
 @pytest.mark.parametrize("kind", ["ours", "prom_mp"])
@@ -126,20 +113,20 @@ def test_procs(benchmark, n, kind):
         if kind == "ours":
             c, registry = stack.enter_context(ours("bench_procs", ["method"]))
             # Constructed again in each worker, after the fork, as a pre-forking server's worker would.
-            make_work = lambda: _proc_loop(rp.Counter(  # noqa: E731
+            make_work = lambda: _loop(rp.Counter(  # noqa: E731
                 "bench_procs", "benchmark counter", ["method"], registry=None,
-                segment=c.segment).labels("GET").inc)
+                segment=c.segment).labels("GET").inc, K)
 
             def total() -> float:
                 return registry.get_sample_value("bench_procs_total", {"method": "GET"}) or 0.0
         else:
             d = stack.enter_context(prometheus_multiprocess())
-            make_work = lambda: _proc_loop(Counter(  # noqa: E731
-                "bench_procs", "benchmark counter", ["method"], registry=None).labels("GET").inc)
+            make_work = lambda: _loop(Counter(  # noqa: E731
+                "bench_procs", "benchmark counter", ["method"], registry=None).labels("GET").inc, K)
 
             def total() -> float:
                 assert len(glob.glob(os.path.join(d, "counter_*.db"))) == n
-                return _mp_total(d, "bench_procs")
+                return prometheus_total(d, "bench_procs")
         with ProcGang(n, make_work) as gang:
             calls = Calls(gang.round)
             benchmark.pedantic(calls, rounds=ROUNDS, warmup_rounds=1)

@@ -239,12 +239,9 @@ class Shareable(_fast.Core):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _closed(self) -> ValueError:
-        return ValueError(f"{self._KIND_NAME} {self._name!r} is closed")
-
     def _live(self) -> CData:
         if self._c is None:
-            raise self._closed()
+            raise ValueError(f"{self._KIND_NAME} {self._name!r} is closed")
         return self._c
 
     if TYPE_CHECKING:  # each subclass has its own (pickling needs it)

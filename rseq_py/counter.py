@@ -146,18 +146,14 @@ class PerCpuCounter(_segment.Shareable, _fast.CounterCore):
             delta = as_int64(delta, "delta")
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        c = self._c
-        if c is None:
-            raise self._closed()
+        c = self._live()
         _add(c, index, delta)
 
     def _inc_slow(self, index: int = 0) -> None:
         """Add 1 to counter ``index``.  Raises like :meth:`add`."""
         if type(index) is not int or not 0 <= index < self._size:
             index = as_index(index, self._size)
-        c = self._c
-        if c is None:
-            raise self._closed()
+        c = self._live()
         _add(c, index, 1)
 
     def _sub_slow(self, delta: int, index: int = 0) -> None:

@@ -189,9 +189,7 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
         """
         if type(handle) is not int or not INT64_MIN <= handle <= INT64_MAX:
             handle = as_int64(handle, "handle")
-        c = self._c
-        if c is None:
-            raise self._closed()
+        c = self._live()
         if _push(c, handle) != 0:
             raise FreelistFull(
                 f"freelist full: it holds its capacity of {self._capacity} handles; "
@@ -199,9 +197,7 @@ class PerCpuFreelist(_segment.Shareable, _fast.FreelistCore):
 
     def _pop_slow(self) -> Optional[int]:
         """Take a handle, or ``None`` if the freelist held none at some instant during the call."""
-        c = self._c
-        if c is None:
-            raise self._closed()
+        c = self._live()
         h = _pop_value(c)
         if h == INT64_MIN and _was_empty():
             return None

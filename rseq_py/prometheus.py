@@ -51,7 +51,9 @@ no single creation time across processes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import json
 import math
 import os
@@ -101,6 +103,11 @@ def _table_path(segment: str) -> str:
     return _segment.path_of(segment + _TABLE_SUFFIX)
 
 
+def _json_line(obj: object) -> bytes:
+    # ensure_ascii: no raw newline can get inside a line
+    return (json.dumps(obj, ensure_ascii=True) + "\n").encode()
+
+
 def unlink(segment: str) -> None:
     """Remove the shared files of the counter family stored as ``segment``.
 
@@ -109,10 +116,8 @@ def unlink(segment: str) -> None:
     run before a server starts, to begin afresh.
     """
     for path in (_segment.path_of(segment), _table_path(segment)):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 class _LabelTable:
@@ -123,22 +128,21 @@ class _LabelTable:
     end in a newline, so a writer killed mid-write hides nothing but its own
     unfinished line, which the next writer truncates."""
 
-    def __init__(self, path: str, segment: str) -> None:
-        self.path = path
+    def __init__(self, segment: str, header: Dict[str, Any]) -> None:
+        self.path = _table_path(segment)
         self.segment = segment
+        self.header = header  # what the first line must say
         self.sets: List[Tuple[str, ...]] = []
         self.index: Dict[Tuple[str, ...], int] = {}
         self.offset = 0  # bytes of the file parsed so far (whole lines)
-        self.header_checked = False
 
-    def parse(self, data: bytes, header: Dict[str, Any]) -> None:
+    def parse(self, data: bytes) -> None:
         """Take the whole lines of ``data`` (the file from ``self.offset``)."""
         end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
-            if not self.header_checked:
-                self._check_header(line, header)
-                self.header_checked = True
-                continue
+        lines = data[:end].splitlines()
+        if self.offset == 0 and lines:
+            self._check_header(lines.pop(0))
+        for line in lines:
             try:
                 values = json.loads(line)
             except ValueError:
@@ -147,12 +151,16 @@ class _LabelTable:
                 raise _segment.SegmentError(
                     f"label table of prometheus counter segment {self.segment!r} is corrupt "
                     f"({self.path}, line {len(self.sets) + 2}): unlink it")
-            key = tuple(values)
-            self.index[key] = len(self.sets)
-            self.sets.append(key)
+            self._remember(tuple(values))
         self.offset += end
 
-    def _check_header(self, line: bytes, want: Dict[str, Any]) -> None:
+    def _remember(self, key: Tuple[str, ...]) -> int:
+        self.index[key] = len(self.sets)
+        self.sets.append(key)
+        return self.index[key]
+
+    def _check_header(self, line: bytes) -> None:
+        want = self.header
         try:
             got = json.loads(line)
         except ValueError:
@@ -171,16 +179,21 @@ class _LabelTable:
                     f"{key}={got.get(key)!r}, not {want[key]!r}: pass another segment= "
                     f"or remove it with rseq_py.prometheus.unlink({self.segment!r})")
 
-    def read_new(self, fd: int, header: Dict[str, Any]) -> None:
+    def write_header(self, fd: int) -> None:
+        """Start the table afresh; ``fd`` is open and flock'ed."""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _json_line(self.header), 0)
+
+    def read_new(self, fd: int) -> None:
         size = os.fstat(fd).st_size
         if size > self.offset:
-            self.parse(os.pread(fd, size - self.offset, self.offset), header)
+            self.parse(os.pread(fd, size - self.offset, self.offset))
 
-    def sync(self, header: Dict[str, Any]) -> None:
+    def sync(self) -> None:
         """Catch up with lines other processes appended (no lock: whole lines only)."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            self.read_new(fd, header)
+            self.read_new(fd)
         finally:
             os.close(fd)
 
@@ -189,14 +202,12 @@ class _LabelTable:
         size = os.fstat(fd).st_size
         if size > self.offset:  # a writer died inside its write: its line was never used
             os.ftruncate(fd, self.offset)
-        line = (json.dumps(list(key), ensure_ascii=True) + "\n").encode()
+        line = _json_line(list(key))
         if os.pwrite(fd, line, self.offset) != len(line):  # pragma: no cover - disk full
             os.ftruncate(fd, self.offset)
             raise OSError(f"short write appending to {self.path}")
-        self.index[key] = len(self.sets)
-        self.sets.append(key)
         self.offset += len(line)
-        return self.index[key]
+        return self._remember(key)
 
 
 class _Series:
@@ -270,8 +281,6 @@ class _ExceptionCounter:
             self._series.inc()  # and the exception propagates
 
     def __call__(self, f: F) -> F:
-        import functools
-
         @functools.wraps(f)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             with self:
@@ -363,10 +372,9 @@ class Counter:
         self._labelnames = names
         self._resolution = resolution
         self._segment = segment
-        self._header = {"kind": _TABLE_KIND, "version": _TABLE_VERSION, "name": full,
-                        "labelnames": list(names), "max_series": max_series,
-                        "resolution": resolution}
-        self._table = _LabelTable(_table_path(segment), segment)
+        self._table = _LabelTable(segment, {
+            "kind": _TABLE_KIND, "version": _TABLE_VERSION, "name": full,
+            "labelnames": list(names), "max_series": max_series, "resolution": resolution})
         self._counter = self._open(max_series)
         self._series: Dict[Tuple[str, ...], _Series] = {}
         self._unlabelled = None if names else _Series(self._counter, 0, resolution)
@@ -384,18 +392,14 @@ class Counter:
             if b"\n" not in os.pread(fd, os.fstat(fd).st_size, 0):
                 # New, or its creator died before finishing: nobody can have
                 # attached (attaching needs the header), so start over.
-                os.ftruncate(fd, 0)
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     _segment.unlink(self._segment)
-                except FileNotFoundError:
-                    pass
                 counter = PerCpuCounter.create(self._segment, size=max_series)
-                line = (json.dumps(self._header, ensure_ascii=True) + "\n").encode()
-                os.pwrite(fd, line, 0)
+                self._table.write_header(fd)
             else:
                 counter = None
             with _lock:
-                self._table.read_new(fd, self._header)
+                self._table.read_new(fd)
             if counter is None:
                 try:
                     counter = PerCpuCounter.attach(self._segment)
@@ -474,7 +478,7 @@ class Counter:
             fd = os.open(t.path, os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                t.read_new(fd, self._header)
+                t.read_new(fd)
                 i = t.index.get(key)
                 if i is not None:
                     return i
@@ -489,25 +493,27 @@ class Counter:
 
     # -- collecting ------------------------------------------------------------
 
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames,
+                                   unit=self._unit)
+
     def describe(self) -> List[CounterMetricFamily]:
         """The family without samples (what a registry checks names against)."""
-        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames,
-                                    unit=self._unit)]
+        return [self._family()]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         """The family with one sample per label set, summed over every process and CPU."""
-        fam = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames,
-                                    unit=self._unit)
+        fam = self._family()
         if self._labelnames:
             with _lock:
-                self._table.sync(self._header)
+                self._table.sync()
                 sets = list(self._table.sets)
         else:
             sets = [()]
         values = self._counter.values()
         res = self._resolution
         for i, key in enumerate(sets):
-            fam.add_metric(list(key), values[i] * res if res != 1 else float(values[i]))
+            fam.add_metric(list(key), float(values[i] * res))
         yield fam
 
     # -- lifecycle -------------------------------------------------------------

@@ -15,6 +15,13 @@ import rseq_py
 SCALE = float(os.environ.get("RSEQ_PY_TEST_SCALE", "1"))
 
 
+# CI=true: a test that cannot run here fails instead of skipping.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# tests/arch/aarch64.sh: "system" inside an arm64 guest, "user" under qemu-user,
+# "" on the host.  The arm64 payloads carry tests/*.py, not the checkout.
+ARM64_HARNESS = os.environ.get("AARCH64_HARNESS", "")
+
+
 def scaled(n: int) -> int:
     return max(1, int(n * SCALE))
 

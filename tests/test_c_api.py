@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 
 import rseq_py
+from support import IN_CI
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXT_SRC = HERE / "capi_ext" / "rseq_capi_demo.c"
 HEADER_SRC = ROOT / "csrc" / "rseq_py.h"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 THREADS = 4
 
 if not EXT_SRC.exists() or not HEADER_SRC.exists():

@@ -10,7 +10,6 @@ them is in the arm64 guests, which carry only the test files.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
+
+from support import ARM64_HARNESS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,7 @@ def test_installed_package_is_a_wheel_with_the_header_and_typing_files():
     try:
         dist = importlib.metadata.distribution("rseq_py")
     except importlib.metadata.PackageNotFoundError:
-        if os.environ.get("AARCH64_HARNESS"):  # the guests put a cross-built tree on PYTHONPATH
+        if ARM64_HARNESS:  # the guests put a cross-built tree on PYTHONPATH
             pytest.skip("the arm64 payload is a cross-built tree, not an installed distribution")
         raise
     installed = {str(f) for f in dist.files or []}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from support import ARM64_HARNESS, IN_CI
 from test_info import kernel_has_rseq
 
 HERE = Path(__file__).resolve().parent
@@ -67,8 +68,7 @@ def check_launcher(mode: str) -> None:
     if proc.returncode != 0:
         msg = f"{mode}: the launcher does not work here: {proc.stderr.strip()[-500:]}"
         # qemu-user (the arm64 harness's user mode) emulates no seccomp filters.
-        if (os.environ.get("CI", "").lower() in ("1", "true", "yes")
-                and os.environ.get("AARCH64_HARNESS") != "user"):
+        if IN_CI and ARM64_HARNESS != "user":
             pytest.fail(msg)
         pytest.skip(msg)
 

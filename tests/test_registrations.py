@@ -8,7 +8,7 @@ import threading
 import time
 
 import rseq_py
-from support import scaled
+from support import ARM64_HARNESS, scaled
 from rseq_py.stress import counter_stress
 
 
@@ -112,7 +112,7 @@ def test_thread_churn_leaks_nothing():
     # 10,000 leaked areas would be 40 MB (a page each); allow allocator noise.
     # Under qemu-user the RSS is the emulator's, which keeps translated code
     # and state of every thread it ever ran: there it measures qemu, not us.
-    if os.environ.get("AARCH64_HARNESS") != "user":
+    if ARM64_HARNESS != "user":
         assert grown < 8 << 20, f"RSS grew {grown >> 10} KiB over {n} threads"
     if rseq_py.info().registered_by == "rseq_py":
         assert settle(lambda: rseq_py.stats().self_registrations_live == s0.self_registrations_live), (

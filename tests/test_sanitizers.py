@@ -37,13 +37,13 @@ from pathlib import Path
 
 import pytest
 
+from support import IN_CI
 from test_info import glibc_rseq_size, kernel_has_rseq
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DRIVER = HERE / "sanitize" / "stress_main.c"
 NO_RSEQ = HERE / "no_rseq.py"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
 ENOSYS_TEXT = os.strerror(errno.ENOSYS)  # "Function not implemented"

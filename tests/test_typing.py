@@ -20,12 +20,9 @@ from rseq_py import _fast, _native
 from rseq_py._native import ffi, lib
 from rseq_py.counter import PerCpuCounter
 from rseq_py.freelist import PerCpuFreelist
+from support import ARM64_HARNESS, IN_CI
 
 PKG = Path(rseq_py.__file__).resolve().parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# The arm64 harness (tests/arch) runs this suite in guests and under qemu-user
-# with Debian's python3 and no mypy.
-IN_ARM64_HARNESS = bool(os.environ.get("AARCH64_HARNESS"))
 
 
 def stub_of(module: Any) -> ast.Module:
@@ -85,7 +82,8 @@ def runtime_params(obj: Any) -> list[tuple[str, str, Any]]:
 
 def test_mypy_strict_passes_on_the_installed_package(tmp_path: Path) -> None:
     if importlib.util.find_spec("mypy") is None:
-        if IN_CI and not IN_ARM64_HARNESS:
+        # the arm64 harness runs Debian's python3, which has no mypy
+        if IN_CI and not ARM64_HARNESS:
             pytest.fail("mypy is not installed: CI must run the typing check (it is in the "
                         "'test' extra)")
         pytest.skip("mypy is not installed")

@@ -345,8 +345,8 @@ prefix_lines() { # LABEL FILE
 }
 
 new_workdir() {
-  mkdir -p "$CACHE/work"
-  mktemp -d "$CACHE/work/$1.XXXXXX"
+  mkdir -p "$CACHE/runs"
+  mktemp -d "$CACHE/runs/$1.XXXXXX"
 }
 
 boot() { # PAYLOAD_DIR [KERNEL...]
@@ -459,7 +459,7 @@ user() { # PAYLOAD_DIR [COMMAND...]
 
 smoke() {
   setup
-  local p=$CACHE/work/smoke-payload
+  local p=$CACHE/runs/smoke-payload
   rm -rf "$p"
   mkdir -p "$p/site" "$p/tests"
   aarch64-linux-gnu-gcc -O2 -Wall -Wextra -Werror -static -o "$p/rseq_smoke" "$HERE/smoke/rseq_smoke.c"
@@ -475,7 +475,7 @@ smoke() {
 all() {
   setup
   eval "$(print_env)"
-  local p=$CACHE/work/payload
+  local p=$CACHE/runs/payload
   "${PYTHON:-python3}" "$HERE/cross_build.py" "$p"
   local rc=0
   bash "$HERE/aarch64.sh" boot "$p" || rc=1
